@@ -1,0 +1,477 @@
+"""The app: configuration, the task registry, and the way out to the broker.
+
+``Celeriac`` (alias ``Celery``) holds the settings (``app.conf``), the registered tasks
+(``app.tasks``), and one broker and one result backend per event loop (``app.resources()``).
+Sending a task is ``send_task``: route it, build the protocol v2 message, publish it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import socket
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
+
+from celeriac.brokers.base import Broker
+from celeriac.backends.base import ResultBackend
+from celeriac.config import Config
+from celeriac.errors import ConfigurationError, NotRegistered
+from celeriac.message import Outgoing, TaskMessage
+from celeriac.protocol import encode_task
+from celeriac.routing import compile_routes, resolve_route
+from celeriac.task import SEND_OPTIONS, TASK_OPTIONS, Task, check_options, make_task
+from celeriac.utils.sync import run_sync
+
+if TYPE_CHECKING:
+    from celeriac.canvas import Signature
+    from celeriac.result import AsyncResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_URL = "sqlite://"
+
+_default_app: Celeriac | None = None
+_all_apps: weakref.WeakSet[Celeriac] = weakref.WeakSet()
+_shared_tasks: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+_registry_lock = threading.Lock()
+
+
+def default_app() -> Celeriac:
+    """The app used by tasks not bound to one (``shared_task``): the last one created."""
+    global _default_app
+    if _default_app is None:
+        _default_app = Celeriac("default")
+    return _default_app
+
+
+@dataclass
+class LoopResources:
+    """One event loop's connections."""
+
+    broker: Broker
+    backend: ResultBackend | None
+    connected: bool = False
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _as_datetime(value: Any, now: datetime, what: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, timedelta):
+        return now + value
+    if isinstance(value, int | float):
+        return now + timedelta(seconds=value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ConfigurationError(f"{what}: not an ISO-8601 time: {value!r}") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    raise ConfigurationError(f"{what} must be a datetime or a number of seconds, not {value!r}")
+
+
+class Celeriac:
+    """A celeriac application."""
+
+    Task: type[Task[Any, Any]] = Task
+
+    def __init__(
+        self,
+        main: str | None = None,
+        broker: str | None = None,
+        backend: str | None = None,
+        include: Iterable[str] = (),
+        *,
+        task_cls: type[Task[Any, Any]] | None = None,
+        set_as_current: bool = True,
+        **settings: Any,
+    ) -> None:
+        global _default_app
+        self.main = main
+        self.conf = Config()
+        if settings:
+            self.conf.update(settings)
+        if broker is not None:
+            self.conf.broker_url = broker
+        if backend is not None:
+            self.conf.result_backend = backend
+        self.include = list(include)
+        if task_cls is not None:
+            self.Task = task_cls
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.oid = str(uuid.uuid4())
+        self.origin = f"gen{os.getpid()}@{socket.gethostname()}"
+        self._resources: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopResources] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._resources_lock = threading.Lock()
+        self._routers: list[Callable[..., Any]] | None = None
+        with _registry_lock:
+            _all_apps.add(self)
+            shared = list(_shared_tasks)
+        for fun, options in shared:
+            self._register(fun, options)
+        if set_as_current:
+            _default_app = self
+
+    def __repr__(self) -> str:
+        return f"<Celeriac {self.main or '__main__'} at {id(self):#x}>"
+
+    # ---- configuration ------------------------------------------------------------------
+    def config_from_object(
+        self, obj: Any, namespace: str | None = None, *, silent: bool = False, force: bool = True
+    ) -> None:
+        """Read settings from an object, a module, a dict or ``"module[:attr]"``."""
+        self.conf.from_object(obj, namespace=namespace, silent=silent)
+        self._routers = None
+
+    def config_from_envvar(self, variable_name: str, silent: bool = False) -> None:
+        module = os.environ.get(variable_name)
+        if not module:
+            if silent:
+                return
+            raise ConfigurationError(f"environment variable {variable_name} is not set")
+        self.config_from_object(module, silent=silent)
+
+    # ---- tasks --------------------------------------------------------------------------
+    @overload
+    def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self, *, bind: Literal[False] = False, **options: Any
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    @overload
+    def task(self, *, bind: Literal[True], **options: Any) -> Callable[[Callable[..., R]], Task[..., R]]: ...
+
+    def task(self, fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True)``."""
+        check_options(list(options), TASK_OPTIONS, "task")
+        if fun is not None:
+            if not callable(fun):
+                raise ConfigurationError(f"@app.task needs a function, got {fun!r}")
+            return self._register(fun, options)
+
+        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+            return self._register(f, options)
+
+        return decorate
+
+    def _register(self, fun: Callable[..., Any], options: dict[str, Any]) -> Task[Any, Any]:
+        if isinstance(fun, Task):
+            fun = fun.__wrapped__  # type: ignore[attr-defined]
+        if not options.get("name") and fun.__module__ == "__main__" and self.main:
+            options = {**options, "name": f"{self.main}.{fun.__qualname__}"}
+        task = make_task(self, fun, options)
+        self.tasks[task.name] = task
+        return task
+
+    def register_task(self, task: Task[Any, Any]) -> Task[Any, Any]:
+        task.app = self
+        self.tasks[task.name] = task
+        return task
+
+    def autodiscover_tasks(
+        self, packages: Iterable[str] | Callable[[], Iterable[str]] = (), related_name: str = "tasks"
+    ) -> None:
+        """Import ``<package>.<related_name>`` for each package that has one."""
+        names = packages() if callable(packages) else packages
+        for package in names:
+            try:
+                importlib.import_module(f"{package}.{related_name}")
+            except ModuleNotFoundError as exc:
+                if exc.name not in (f"{package}.{related_name}", package):
+                    raise
+
+    def import_modules(self) -> None:
+        """Import the modules named by ``include``, ``imports`` and ``include`` settings."""
+        for module in [*self.include, *(self.conf.imports or ()), *(self.conf.include or ())]:
+            importlib.import_module(module)
+
+    def loader_import_default_modules(self) -> None:
+        self.import_modules()
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotRegistered(f"task {name!r} is not registered") from None
+
+    # ---- connections --------------------------------------------------------------------
+    def _new_resources(self) -> LoopResources:
+        from celeriac.backends import backend_from_url
+        from celeriac.brokers import broker_from_url
+
+        conf = self.conf
+        broker = broker_from_url(
+            conf.broker_url or DEFAULT_URL, **dict(conf.broker_transport_options or {})
+        )
+        backend_url = conf.result_backend
+        if backend_url is None:
+            backend_url = DEFAULT_URL
+        backend = backend_from_url(
+            backend_url,
+            expires=_seconds(conf.result_expires),
+            **dict(conf.result_backend_transport_options or {}),
+        )
+        return LoopResources(broker, backend)
+
+    async def resources(self) -> LoopResources:
+        """The running loop's broker and backend, connected on first use."""
+        loop = asyncio.get_running_loop()
+        res = self._resources.get(loop)
+        if res is None:
+            with self._resources_lock:
+                res = self._resources.get(loop)
+                if res is None:
+                    res = self._new_resources()
+                    self._resources[loop] = res
+        if not res.connected:
+            await res.broker.connect()
+            if res.backend is not None:
+                await res.backend.connect()
+            res.connected = True
+        return res
+
+    async def broker(self) -> Broker:
+        return (await self.resources()).broker
+
+    async def backend(self) -> ResultBackend | None:
+        return (await self.resources()).backend
+
+    async def aclose(self) -> None:
+        """Close this loop's connections."""
+        loop = asyncio.get_running_loop()
+        res = self._resources.pop(loop, None)
+        if res is not None and res.connected:
+            await res.broker.close()
+            if res.backend is not None:
+                await res.backend.close()
+
+    def close(self) -> None:
+        run_sync(self.aclose())
+
+    # ---- sending ------------------------------------------------------------------------
+    @property
+    def routers(self) -> list[Callable[..., Any]]:
+        if self._routers is None:
+            self._routers = compile_routes(self.conf.task_routes)
+        return self._routers
+
+    def prepare(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        task: Task[Any, Any] | None = None,
+        **options: Any,
+    ) -> tuple[TaskMessage, Outgoing]:
+        """Build the message for one call and address it: no I/O."""
+        if options:
+            check_options(list(options), SEND_OPTIONS, "apply_async")
+        if task is None:
+            task = self.tasks.get(name)
+        conf = self.conf
+        now = _utcnow()
+        countdown = options.get("countdown")
+        eta = _as_datetime(options.get("eta"), now, "eta")
+        if countdown is not None:
+            eta = now + timedelta(seconds=float(countdown))
+        expires = options.get("expires")
+        if expires is None and task is not None:
+            expires = task.expires
+        expires_at = _as_datetime(expires, now, "expires")
+
+        route: dict[str, Any] = {}
+        if task is not None:
+            for key in ("queue", "routing_key", "exchange", "priority"):
+                value = getattr(task, key, None)
+                if value is not None:
+                    route[key] = value
+        if "queue" not in options and "queue" not in route and self.routers:
+            route = {**resolve_route(self.routers, name, args or (), kwargs or {}, options, task),
+                     **route}
+        for key in ("queue", "routing_key", "exchange", "priority"):
+            if options.get(key) is not None:
+                route[key] = options[key]
+        queue = route.get("queue") or conf.task_default_queue
+        priority = route.get("priority")
+        if priority is None:
+            priority = conf.task_default_priority or 0
+
+        time_limit = options.get("time_limit", task.time_limit if task else None)
+        soft_time_limit = options.get("soft_time_limit", task.soft_time_limit if task else None)
+        ignore_result = options.get("ignore_result")
+        if ignore_result is None:
+            ignore_result = (
+                task.ignore_result if task and task.ignore_result is not None
+                else conf.task_ignore_result
+            )
+        task_id = options.get("task_id") or str(uuid.uuid4())
+        serializer = options.get("serializer") or (task.serializer if task else None) \
+            or conf.task_serializer
+        compression = options.get("compression") or (task.compression if task else None) \
+            or conf.task_compression
+        headers = dict(options.get("headers") or {})
+
+        message = TaskMessage(
+            id=task_id,
+            task=name,
+            args=tuple(args or ()),
+            kwargs=dict(kwargs or {}),
+            root_id=options.get("root_id") or task_id,
+            parent_id=options.get("parent_id"),
+            group=options.get("group_id"),
+            group_index=options.get("group_index"),
+            shadow=options.get("shadow"),
+            eta=eta,
+            expires=expires_at,
+            retries=int(options.get("retries") or 0),
+            timelimit=(time_limit, soft_time_limit),
+            origin=self.origin,
+            ignore_result=bool(ignore_result),
+            replaced_task_nesting=int(options.get("replaced_task_nesting") or 0),
+            stamps=dict(options.get("stamps") or {}),
+            extra_headers=headers,
+            callbacks=_signatures(options.get("link")),
+            errbacks=_signatures(options.get("link_error")),
+            chain=options.get("chain"),
+            chord=options.get("chord"),
+            reply_to=options.get("reply_to") or self.oid,
+            correlation_id=task_id,
+            priority=int(priority),
+            delivery_mode=int(options.get("delivery_mode") or 2),
+        )
+        envelope = encode_task(message, serializer=serializer, compression=compression)
+        outgoing = Outgoing(
+            queue=queue,
+            envelope=envelope,
+            priority=int(priority),
+            not_before=eta.timestamp() if eta is not None else None,
+            exchange=route.get("exchange") or "",
+            routing_key=route.get("routing_key") or queue,
+        )
+        return message, outgoing
+
+    async def asend_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send a task by name; returns once the broker holds the message."""
+        from celeriac.result import AsyncResult
+
+        task = options.pop("task", None)
+        message, outgoing = self.prepare(name, args, kwargs, task=task, **options)
+        broker = (await self.resources()).broker
+        await broker.publish([outgoing])
+        return AsyncResult(message.id, app=self, task_name=name)
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send a task by name (it need not be registered here)."""
+        return run_sync(self.asend_task(name, args, kwargs, **options))
+
+    async def asend_many(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:
+        """Send many calls in one broker round trip (batched publish)."""
+        from celeriac.result import AsyncResult
+
+        ids: list[tuple[str, str]] = []
+        outgoing: list[Outgoing] = []
+        for sig in signatures:
+            message, out = self.prepare(
+                sig.task, sig.args, sig.kwargs, task=self.tasks.get(sig.task),
+                **_send_options(sig.options),
+            )
+            ids.append((message.id, sig.task))
+            outgoing.append(out)
+        broker = (await self.resources()).broker
+        await broker.publish(outgoing)
+        return [AsyncResult(task_id, app=self, task_name=name) for task_id, name in ids]
+
+    def send_many(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:
+        return run_sync(self.asend_many(signatures))
+
+    # ---- results ------------------------------------------------------------------------
+    def AsyncResult(self, task_id: str, task_name: str | None = None) -> AsyncResult[Any]:  # noqa: N802
+        from celeriac.result import AsyncResult
+
+        return AsyncResult(task_id, app=self, task_name=task_name)
+
+    def signature(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Signature:
+        from celeriac.canvas import Signature
+
+        return Signature(name, args, kwargs, options, app=self)
+
+    async def apurge(self, queues: Sequence[str] | None = None) -> int:
+        broker = (await self.resources()).broker
+        return await broker.purge(list(queues or [self.conf.task_default_queue]))
+
+    def purge(self, queues: Sequence[str] | None = None) -> int:
+        return run_sync(self.apurge(queues))
+
+
+Celery = Celeriac
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+def _signatures(value: Any) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    items = value if isinstance(value, list | tuple) else [value]
+    return [dict(item) for item in items]
+
+
+def _send_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k in SEND_OPTIONS}
+
+
+def shared_task(fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """A task registered with every app, present and future (for reusable modules)."""
+    check_options(list(options), TASK_OPTIONS, "task")
+
+    def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+        with _registry_lock:
+            _shared_tasks.append((f, options))
+            apps = list(_all_apps)
+        task: Task[Any, Any] | None = None
+        for app in apps:
+            registered = app._register(f, options)
+            if app is _default_app:
+                task = registered
+        if task is None:
+            # Not bound to an app: resolves the default app when used.
+            task = make_task(None, f, options)
+        return task
+
+    if fun is not None:
+        return decorate(fun)
+    return decorate

@@ -1,0 +1,381 @@
+"""The SQLite result backend: one file shared by every process on the machine.
+
+One row per task in ``celeriac_results``: the meta as a JSON blob plus the columns the
+queries need. ``store`` writes a whole batch in one transaction; the rule that a state never
+moves backwards (``states.may_replace``) is part of the upsert's ``WHERE``, so it holds even
+when several processes write the same ids at once.
+
+Waiting is pushed, not polled: after a commit that holds a ready state the writer wakes every
+listening process (``celeriac.utils.wakeup``). In each backend one waiter task owns the
+listener and resolves a future per waiting call, so any number of ``wait()`` calls share one
+socket and one query per wakeup.
+
+Statements run on the event loop thread: they take tens of microseconds (WAL,
+``synchronous=NORMAL``), less than a hop to a thread would. The one slow thing, the WAL
+checkpoint (it copies pages into the database and fsyncs it, 5-10 ms), is taken off the loop:
+this connection never checkpoints automatically; after every ``CHECKPOINT_ROWS`` written rows
+a passive checkpoint runs in a worker thread on a connection of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from celeriac import states
+from celeriac.backends._common import (
+    check_expires,
+    decode_meta,
+    encode_meta,
+    expires_at,
+    status_of,
+    task_id_of,
+)
+from celeriac.backends.base import Meta
+from celeriac.errors import BackendError, ConfigurationError
+from celeriac.utils.wakeup import Listener, Notifier, channel_directory
+
+DEFAULT_PATH = "celeriac.sqlite3"
+TABLE = "celeriac_results"
+CHANNEL = "results"
+_CHUNK = 500  # ids per IN (...) list, well under SQLite's variable limit
+CHECKPOINT_ROWS = 2000  # rows written between two checkpoints (about 1000 WAL pages)
+# A WAL restarts from its beginning only when a write finds it fully copied; a writer that
+# never pauses keeps a thread's checkpoint behind, and the WAL grows. Past this many frames
+# the loop's own connection checkpoints (once, ~10 ms), after which the WAL restarts.
+WAL_FRAMES_LIMIT = 8000
+
+_SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+        task_id TEXT PRIMARY KEY NOT NULL,
+        status TEXT NOT NULL,
+        date_done TEXT,
+        expires_at REAL,
+        meta BLOB NOT NULL
+    )""",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_expires_at ON {TABLE} (expires_at) "
+    "WHERE expires_at IS NOT NULL",
+)
+
+# The stored row is replaced only if states.may_replace allows it; an expired row counts as
+# absent. The rule lives in states.py alone: it is registered as an SQL function.
+_UPSERT = f"""
+    INSERT INTO {TABLE} (task_id, status, date_done, expires_at, meta) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (task_id) DO UPDATE SET
+        status = excluded.status, date_done = excluded.date_done,
+        expires_at = excluded.expires_at, meta = excluded.meta
+    WHERE celeriac_may_replace(
+        excluded.status,
+        CASE WHEN {TABLE}.expires_at <= ? THEN NULL ELSE {TABLE}.status END
+    )
+"""
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
+_READY = "status IN ({})".format(", ".join(f"'{s}'" for s in sorted(states.READY_STATES)))
+
+
+def sqlite_path(url: str) -> str:
+    """The database file of a ``sqlite://`` URL, as an absolute path.
+
+    ``sqlite:///rel.db`` is relative to the current directory, ``sqlite:////abs.db`` is
+    absolute, bare ``sqlite://`` is ``./celeriac.sqlite3`` (the SQLite broker's default file).
+    """
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() != "sqlite" or not sep:
+        raise ConfigurationError(f"not a sqlite backend URL: {url!r}")
+    rest = rest.split("?", 1)[0]
+    if rest in ("", "/"):
+        path = DEFAULT_PATH
+    elif rest.startswith("/"):
+        path = rest[1:]
+    else:
+        raise ConfigurationError(
+            f"a sqlite URL has no host: use sqlite:///relative.db or sqlite:////abs.db, not {url!r}"
+        )
+    return path if path == ":memory:" else os.path.abspath(path)
+
+
+@contextlib.contextmanager
+def _translated(action: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise BackendError(f"sqlite result backend: {action} failed: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection, action: str) -> Iterator[sqlite3.Connection]:
+    """One write transaction; ``IMMEDIATE`` takes the write lock up front, so the statements
+    inside never fail half-way on another process's lock."""
+    with _translated(action):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+def _checkpoint(path: str, busy_timeout: float) -> int:
+    """Copy the WAL into the database (runs in a worker thread, on its own connection);
+    return how many frames the WAL held (0 if unknown).
+
+    ``PASSIVE`` never blocks readers or writers; pages it cannot copy yet wait for the next.
+    """
+    try:
+        db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        try:
+            row = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+    return int(row[1]) if row and row[1] > 0 else 0
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+class SQLiteBackend:
+    """Results in a SQLite file; safe for many processes on one machine.
+
+    Options: ``busy_timeout`` (seconds a statement waits for another process's write lock,
+    default 5), ``recheck_interval`` (seconds between safety re-checks of waited ids, in case
+    a wakeup is lost, default 1).
+    """
+
+    def __init__(
+        self,
+        url: str = "sqlite://",
+        *,
+        expires: float | None = 86400,
+        busy_timeout: float = 5.0,
+        recheck_interval: float = 1.0,
+        **options: Any,
+    ) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        self.expires = check_expires(expires)
+        self.busy_timeout = busy_timeout
+        self.recheck_interval = recheck_interval
+        self.options = options
+        self._db: sqlite3.Connection | None = None
+        self._notifier: Notifier | None = None
+        self._listener: Listener | None = None
+        self._waiters: dict[str, dict[asyncio.Future[Meta], None]] = {}
+        self._waiter_task: asyncio.Task[None] | None = None
+        self._rows_since_checkpoint = 0
+        self._checkpointing: asyncio.Future[int] | None = None
+        self._wal_frames = 0
+
+    def __repr__(self) -> str:
+        return f"<SQLiteBackend {self.path}>"
+
+    # -- connection ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self._conn()
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        with _translated("opening the database"):
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = NORMAL")
+                db.execute("PRAGMA wal_autocheckpoint = 0")  # see _after_write
+                db.create_function(
+                    "celeriac_may_replace", 2, states.may_replace, deterministic=True
+                )
+                for statement in _SCHEMA:
+                    db.execute(statement)
+            except BaseException:
+                db.close()
+                raise
+        self._db = db
+        self._notifier = Notifier(channel_directory(self.path, CHANNEL))
+        return db
+
+    async def close(self) -> None:
+        task, self._waiter_task = self._waiter_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._fail_waiters(BackendError("the result backend was closed"))
+        if self._checkpointing is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpointing
+            self._checkpointing = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._notifier is not None:
+            self._notifier.close()
+            self._notifier = None
+        if self._db is not None:
+            with _translated("closing the database"):
+                self._db.close()
+            self._db = None
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def store(self, metas: Sequence[Meta]) -> None:
+        if not metas:
+            return
+        now = time.time()
+        expiry = expires_at(self.expires, now)
+        rows = [
+            (task_id_of(m), status_of(m), m.get("date_done"), expiry, encode_meta(m), now)
+            for m in metas
+        ]
+        with _transaction(self._conn(), "store") as db:
+            db.executemany(_UPSERT, rows)
+        if self._notifier is not None and any(r[1] in states.READY_STATES for r in rows):
+            self._notifier.notify()
+        self._after_write(len(rows))
+
+    async def forget(self, task_ids: Sequence[str]) -> None:
+        with _transaction(self._conn(), "forget") as db:
+            for chunk in _chunks(task_ids):
+                db.execute(f"DELETE FROM {TABLE} WHERE task_id IN ({_marks(len(chunk))})", chunk)
+        self._after_write(len(task_ids))
+
+    async def expire(self) -> int:
+        """Delete expired rows, a few thousand per transaction so that other writers and
+        this event loop are never held up for long."""
+        db = self._conn()
+        now = time.time()
+        total = 0
+        while True:
+            with _translated("expire"):
+                deleted = db.execute(
+                    f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} "
+                    "WHERE expires_at <= ? LIMIT 5000)",
+                    (now,),
+                ).rowcount
+            total += deleted
+            self._after_write(deleted)
+            if deleted < 5000:
+                return total
+            await asyncio.sleep(0)
+
+    def _after_write(self, rows: int) -> None:
+        """Start a checkpoint in a thread once enough rows were written since the last."""
+        self._rows_since_checkpoint += rows
+        if self._rows_since_checkpoint < CHECKPOINT_ROWS:
+            return
+        if self._checkpointing is not None and not self._checkpointing.done():
+            return
+        self._rows_since_checkpoint = 0
+        if self._wal_frames > WAL_FRAMES_LIMIT and self._db is not None:
+            self._wal_frames = 0
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            return
+        loop = asyncio.get_running_loop()
+        self._checkpointing = fut = loop.run_in_executor(
+            None, _checkpoint, self.path, self.busy_timeout
+        )
+        fut.add_done_callback(self._checkpointed)
+
+    def _checkpointed(self, fut: asyncio.Future[int]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._wal_frames = fut.result()
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> Meta | None:
+        with _translated("get"):
+            row = (
+                self._conn()
+                .execute(
+                    f"SELECT meta FROM {TABLE} WHERE task_id = ? AND {_LIVE}",
+                    (task_id, time.time()),
+                )
+                .fetchone()
+            )
+        return None if row is None else decode_meta(row[0])
+
+    async def get_many(self, task_ids: Sequence[str]) -> dict[str, Meta]:
+        return {tid: decode_meta(blob) for tid, blob in self._select(task_ids, ready_only=False)}
+
+    def _select(self, task_ids: Sequence[str], *, ready_only: bool) -> list[tuple[str, bytes]]:
+        db = self._conn()
+        now = time.time()
+        where = f"{_LIVE} AND {_READY}" if ready_only else _LIVE
+        found: list[tuple[str, bytes]] = []
+        with _translated("get"):
+            for chunk in _chunks(task_ids):
+                found += db.execute(
+                    f"SELECT task_id, meta FROM {TABLE} "
+                    f"WHERE task_id IN ({_marks(len(chunk))}) AND {where}",
+                    (*chunk, now),
+                ).fetchall()
+        return found
+
+    # -- waiting ------------------------------------------------------------------------
+
+    async def wait(self, task_id: str, timeout: float | None) -> Meta | None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Meta] = loop.create_future()
+        # Register, then look: the waiter task looks at every registered id after arming
+        # its listener, so a commit at any moment is seen by one of the two.
+        self._waiters.setdefault(task_id, {})[fut] = None
+        try:
+            ready = self._select([task_id], ready_only=True)
+            if ready:
+                return decode_meta(ready[0][1])
+            if self._waiter_task is None or self._waiter_task.done():
+                self._waiter_task = loop.create_task(self._run_waiters())
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            return None
+        finally:
+            waiting = self._waiters.get(task_id)
+            if waiting is not None:
+                waiting.pop(fut, None)
+                if not waiting:
+                    del self._waiters[task_id]
+
+    async def _run_waiters(self) -> None:
+        """Resolve waiting futures: arm the listener, look up every waited id, sleep until a
+        wakeup (or the safety re-check), until nobody waits."""
+        try:
+            if self._listener is None:
+                self._listener = Listener(channel_directory(self.path, CHANNEL))
+            listener = self._listener
+            while self._waiters:
+                listener.arm()
+                for task_id, blob in self._select(list(self._waiters), ready_only=True):
+                    for fut in self._waiters.pop(task_id, {}):
+                        if not fut.done():
+                            fut.set_result(decode_meta(blob))
+                if not self._waiters:
+                    return
+                await listener.wait(self.recheck_interval)
+        except (BackendError, OSError) as exc:
+            error = exc if isinstance(exc, BackendError) else BackendError(f"waiting failed: {exc}")
+            self._fail_waiters(error)
+
+    def _fail_waiters(self, error: BackendError) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for futs in waiters.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(error)

@@ -1,0 +1,196 @@
+"""The ``celeriac`` command line. Strings become objects here (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from celeriac import __version__
+from celeriac.app import Celeriac
+from celeriac.cli.app_loader import find_app
+from celeriac.errors import CeleriacError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _fail_cleanly(fn: F) -> F:
+    """Turn celeriac's errors into one line on stderr and exit code 2, not a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CeleriacError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class State:
+    def __init__(self, app_spec: str | None, broker: str | None, backend: str | None) -> None:
+        self.app_spec = app_spec
+        self.broker = broker
+        self.backend = backend
+        self._app: Celeriac | None = None
+
+    @property
+    def app(self) -> Celeriac:
+        if self._app is None:
+            app = find_app(self.app_spec) if self.app_spec else Celeriac()
+            if self.broker:
+                app.conf.broker_url = self.broker
+            if self.backend:
+                app.conf.result_backend = self.backend
+            self._app = app
+        return self._app
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-A", "--app", "app_spec", envvar="CELERIAC_APP", help="The app: module.path:attr or module.")
+@click.option("-b", "--broker", envvar="CELERIAC_BROKER_URL", help="Broker URL (overrides the app's).")
+@click.option("--result-backend", envvar="CELERIAC_RESULT_BACKEND", help="Result backend URL.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Change to this directory first.")
+@click.version_option(__version__, "--version", prog_name="celeriac")
+@click.pass_context
+def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
+        result_backend: str | None, workdir: str | None) -> None:
+    """celeriac: a fast task queue that speaks Celery."""
+    if workdir:
+        try:
+            os.chdir(workdir)
+        except OSError as exc:
+            raise click.ClickException(f"cannot change to {workdir!r}: {exc.strerror}") from None
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    ctx.obj = State(app_spec, broker, result_backend)
+
+
+@cli.command()
+@click.option("-P", "--pool", default="solo", show_default=True,
+              type=click.Choice(["solo", "threads", "asyncio", "prefork", "gevent", "eventlet"]))
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks at once.")
+@click.option("-Q", "--queues", help="Comma-separated queues to consume.")
+@click.option("-n", "--hostname", help="Node name, e.g. worker1@%h.")
+@click.option("-l", "--loglevel", default="warning", show_default=True,
+              type=click.Choice(LOG_LEVELS, case_sensitive=False))
+@click.option("--prefetch-multiplier", type=click.IntRange(min=1))
+@click.option("--shutdown-timeout", type=float, help="Grace period of a warm shutdown, seconds.")
+@click.pass_obj
+@_fail_cleanly
+def worker(state: State, pool: str, concurrency: int | None, queues: str | None,
+           hostname: str | None, loglevel: str, prefetch_multiplier: int | None,
+           shutdown_timeout: float | None) -> None:
+    """Start a worker."""
+    from celeriac.pools.threads import pool_from_name
+    from celeriac.worker.loop import Worker
+
+    logging.basicConfig(
+        level=loglevel.upper(),
+        format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s",
+    )
+    app = state.app
+    app.import_modules()
+    if concurrency is None:
+        concurrency = app.conf.worker_concurrency or (
+            1 if pool == "solo" else (100 if pool == "asyncio" else os.cpu_count() or 1)
+        )
+    the_pool = pool_from_name(pool, concurrency)
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    w = Worker(app, the_pool, queues=queue_list, prefetch_multiplier=prefetch_multiplier,
+               hostname=hostname, shutdown_timeout=shutdown_timeout)
+    code = asyncio.run(w.run())
+    sys.exit(code)
+
+
+def _json_arg(value: str | None, kind: type, name: str) -> Any:
+    if value is None:
+        return kind()
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=name) from None
+    if not isinstance(parsed, kind):
+        raise click.BadParameter(f"must be a JSON {kind.__name__}", param_hint=name)
+    return parsed
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-a", "--args", "args_json", help='Positional arguments as a JSON list: \'[2, 2]\'.')
+@click.option("-k", "--kwargs", "kwargs_json", help='Keyword arguments as a JSON object.')
+@click.option("--countdown", type=float, help="Run no sooner than this many seconds from now.")
+@click.option("--eta", help="Run no sooner than this ISO-8601 time.")
+@click.option("--expires", type=float, help="Seconds after which the task is not run.")
+@click.option("-Q", "--queue", help="Queue to send to.")
+@click.option("--priority", type=click.IntRange(0, 9))
+@click.pass_obj
+@_fail_cleanly
+def call(state: State, name: str, args_json: str | None, kwargs_json: str | None,
+         countdown: float | None, eta: str | None, expires: float | None, queue: str | None,
+         priority: int | None) -> None:
+    """Send task NAME; prints its id."""
+    args = _json_arg(args_json, list, "--args")
+    kwargs = _json_arg(kwargs_json, dict, "--kwargs")
+    options = {k: v for k, v in {"countdown": countdown, "eta": eta, "expires": expires,
+                                 "queue": queue, "priority": priority}.items() if v is not None}
+    result = state.app.send_task(name, args, kwargs, **options)
+    click.echo(result.id)
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--wait", is_flag=True, help="Wait until the task has finished.")
+@click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
+@click.option("--traceback", "show_tb", is_flag=True, help="Show the traceback of a failure.")
+@click.pass_obj
+@_fail_cleanly
+def result(state: State, task_id: str, wait: bool, timeout: float | None, show_tb: bool) -> None:
+    """Print the state and result of a task."""
+    res = state.app.AsyncResult(task_id)
+    if wait:
+        res.get(timeout=timeout, propagate=False)
+    status = res.state
+    value = res.result
+    if status == "FAILURE" or isinstance(value, BaseException):
+        click.echo(f"{status}: {type(value).__name__}: {value}")
+        if show_tb and res.traceback:
+            click.echo(res.traceback)
+    elif status == "SUCCESS":
+        click.echo(repr(value))
+    else:
+        click.echo(status)
+
+
+@cli.command()
+@click.option("-Q", "--queues", help="Comma-separated queues (default: the default queue).")
+@click.option("-f", "--force", is_flag=True, help="Do not ask.")
+@click.pass_obj
+@_fail_cleanly
+def purge(state: State, queues: str | None, force: bool) -> None:
+    """Delete every waiting message of the queues."""
+    app = state.app
+    names = [q.strip() for q in queues.split(",")] if queues else [app.conf.task_default_queue]
+    if not force:
+        click.confirm(f"Delete all waiting messages in {', '.join(names)}?", abort=True)
+    count = app.purge(names)
+    click.echo(f"Purged {count} message(s) from {', '.join(names)}.")
+
+
+def main() -> None:
+    cli(prog_name="celeriac")
+
+
+if __name__ == "__main__":
+    main()

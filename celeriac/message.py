@@ -1,0 +1,105 @@
+"""The data that travels: plain frozen dataclasses, no I/O.
+
+- ``TaskMessage``: one task call, decoded (protocol v2 headers, body and properties).
+- ``Envelope``: the bytes a broker carries for it (serialized body, headers, properties).
+- ``Outgoing``: an envelope addressed to a queue, with its priority and not-before time.
+- ``Delivery``: an envelope a broker handed to a consumer, with the handle to ack it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message as brokers carry it: an opaque body plus AMQP-style headers and properties.
+
+    ``properties`` holds correlation_id, reply_to, delivery_mode and priority, as in Celery.
+    """
+
+    body: bytes
+    content_type: str = "application/json"
+    content_encoding: str = "utf-8"
+    headers: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An envelope on its way to ``queue``.
+
+    ``not_before`` is a POSIX timestamp before which no consumer may receive the message
+    (ETA and countdown are held by the broker, never in worker memory). ``exchange`` and
+    ``routing_key`` matter only to brokers that route (AMQP); others use ``queue``.
+    """
+
+    queue: str
+    envelope: Envelope
+    priority: int = 0
+    not_before: float | None = None
+    exchange: str = ""
+    routing_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message handed to a consumer.
+
+    ``tag`` is the broker's own handle (a row id, a delivery tag); ``deliveries`` counts how
+    many times this message has been handed out, this time included (1 on first delivery).
+    """
+
+    envelope: Envelope
+    queue: str
+    tag: Any
+    deliveries: int = 1
+    priority: int = 0
+
+    @property
+    def redelivered(self) -> bool:
+        return self.deliveries > 1
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMessage:
+    """One task call, as protocol v2 describes it (see DESIGN.md §3)."""
+
+    id: str
+    task: str
+    args: tuple[Any, ...] | list[Any] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # headers
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    shadow: str | None = None
+    eta: datetime | None = None
+    expires: datetime | None = None
+    retries: int = 0
+    timelimit: tuple[float | None, float | None] = (None, None)
+    argsrepr: str | None = None
+    kwargsrepr: str | None = None
+    origin: str | None = None
+    ignore_result: bool = False
+    replaced_task_nesting: int = 0
+    stamped_headers: list[str] | None = None
+    stamps: dict[str, Any] = field(default_factory=dict)
+    extra_headers: dict[str, Any] = field(default_factory=dict)
+    # body's embed
+    callbacks: list[dict[str, Any]] | None = None
+    errbacks: list[dict[str, Any]] | None = None
+    chain: list[dict[str, Any]] | None = None
+    chord: dict[str, Any] | None = None
+    # properties
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    priority: int = 0
+    delivery_mode: int = 2
+    # encoding
+    content_type: str = "application/json"
+    content_encoding: str = "utf-8"
+    compression: str | None = None

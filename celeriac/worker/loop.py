@@ -1,0 +1,418 @@
+"""The worker: consume -> decode and check -> run in the pool -> store the result -> ack.
+
+One asyncio loop per worker process. A consumer coroutine fetches batches (up to the
+prefetch window) into a queue; ``concurrency`` runner coroutines take messages from it and
+process them one at a time; acks, results and follow-up messages go through batchers, so one
+round trip carries many of them. A renewer extends the leases of every message held.
+
+Bad input never kills the worker and is never dropped in silence: a message that cannot be
+decoded, is not accepted, or names an unknown task is logged, recorded as FAILURE when its id
+is known, and dead-lettered with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from celeriac import states
+from celeriac.app import Celeriac
+from celeriac.backends.base import Meta
+from celeriac.context import Context
+from celeriac.errors import (
+    BrokerError,
+    EncodeError,
+    NotRegistered,
+    ProtocolError,
+    TaskRevokedError,
+)
+from celeriac.message import Delivery, Outgoing, TaskMessage
+from celeriac.pools.base import Pool
+from celeriac.protocol import decode_task
+from celeriac.result import encode_exception, make_meta
+from celeriac.task import Task
+from celeriac.worker import followups
+from celeriac.worker.batching import Batcher
+from celeriac.worker.execute import Outcome
+
+log = logging.getLogger("celeriac.worker")
+
+#: An ETA this close is run at once rather than sent back to wait in the broker.
+ETA_SLACK = 0.05
+
+
+def expand_hostname(name: str | None) -> str:
+    """``-n`` as Celery reads it: ``%h`` host, ``%n`` host name part, ``%d`` domain part."""
+    host = socket.gethostname()
+    short, _, domain = host.partition(".")
+    if not name:
+        return f"celeriac@{host}"
+    name = name.replace("%h", host).replace("%n", short).replace("%d", domain)
+    return name if "@" in name else f"{name}@{host}"
+
+
+class Worker:
+    """Consumes tasks from ``queues`` and runs them in ``pool``."""
+
+    def __init__(
+        self,
+        app: Celeriac,
+        pool: Pool,
+        *,
+        queues: Sequence[str] | None = None,
+        prefetch_multiplier: int | None = None,
+        hostname: str | None = None,
+        shutdown_timeout: float | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.pool = pool
+        self.queues = list(queues or [conf.task_default_queue])
+        multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None \
+            else prefetch_multiplier
+        self.prefetch = max(1, int(multiplier or 1) * pool.concurrency)
+        self.hostname = expand_hostname(hostname)
+        self.shutdown_timeout = float(
+            shutdown_timeout if shutdown_timeout is not None
+            else conf.get("worker_shutdown_timeout") or 30.0
+        )
+        self.accept = list(conf.accept_content or ["json"])
+        self.fetch_timeout = 2.0
+        self.processed = 0
+        self.outcomes: dict[str, int] = {}
+        self._stopping = False
+        self._cold = False
+        self._held: dict[int, Delivery] = {}  # fetched, not yet acked or given back
+        self._reserved = 0  # fetched, outcome not yet known
+        self._room = asyncio.Event()
+        self._ready: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        self._stopped = asyncio.Event()
+        self._started = asyncio.Event()
+        self._cold_event = asyncio.Event()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def run(self, install_signals: bool = True) -> int:
+        """Run until stopped; returns the process exit code."""
+        res = await self.app.resources()
+        self.broker, self.backend = res.broker, res.backend
+        self.lease = float(getattr(self.broker, "lease_seconds", 30.0))
+        self.acks: Batcher[Delivery] = Batcher(self._write_acks, "acks")
+        self.results: Batcher[tuple[Meta | None, Delivery | None]] = Batcher(
+            self._write_results, "results"
+        )
+        await self.pool.start()
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        runners = [loop.create_task(self._runner()) for _ in range(self.pool.concurrency)]
+        consumer = loop.create_task(self._consume())
+        renewer = loop.create_task(self._renew_leases())
+        log.info("%s ready: queues %s, pool %s x%d, prefetch %d",
+                 self.hostname, ",".join(self.queues), self.pool.name, self.pool.concurrency,
+                 self.prefetch)
+        self._started.set()
+        await self._stopped.wait()
+        code = await self._shutdown(consumer, runners, renewer)
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        return code
+
+    def request_stop(self) -> None:
+        """First call: warm shutdown. Second call: cold shutdown."""
+        if self._stopping:
+            log.warning("cold shutdown: not waiting for running tasks")
+            self._cold = True
+            self._stopped.set()
+            self._cold_event.set()
+            return
+        log.warning("warm shutdown: finishing running tasks (again for a cold shutdown)")
+        self._stopping = True
+        self._stopped.set()
+
+    async def _shutdown(
+        self, consumer: asyncio.Task[None], runners: list[asyncio.Task[None]],
+        renewer: asyncio.Task[None],
+    ) -> int:
+        self._stopping = True
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        await self._give_back_unstarted()
+        for _ in runners:
+            self._ready.put_nowait(None)
+        running = asyncio.gather(*runners, return_exceptions=True)
+        cold = asyncio.ensure_future(self._cold_event.wait())
+        done, _ = await asyncio.wait(
+            [running, cold], timeout=self.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        cold.cancel()
+        clean = running in done
+        if not clean:
+            log.warning("%d task(s) still running at shutdown; their messages stay unacked "
+                        "(acks_late) and return after their lease", self.pool.stats()["running"])
+            for runner in runners:
+                runner.cancel()
+        await self._give_back_unstarted()
+        with contextlib.suppress(Exception):
+            await self.results.flush()
+            await self.acks.flush()
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+        await self.app.aclose()
+        if clean:
+            await self.pool.stop()
+        log.info("%s stopped: %d task(s) processed", self.hostname, self.processed)
+        return 0 if clean and not self._cold else 1
+
+    async def _give_back_unstarted(self) -> None:
+        unstarted: list[Delivery] = []
+        while not self._ready.empty():
+            item = self._ready.get_nowait()
+            if item is not None:
+                unstarted.append(item)
+        if unstarted:
+            for d in unstarted:
+                self._held.pop(id(d), None)
+            self._reserved -= len(unstarted)
+            try:
+                await self.broker.requeue(unstarted)
+                log.info("gave back %d prefetched message(s)", len(unstarted))
+            except BrokerError as exc:
+                log.error("could not give back %d message(s) (they return after their "
+                          "lease): %s", len(unstarted), exc)
+
+    # ---- consuming ----------------------------------------------------------------------
+    async def _consume(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            room = self.prefetch - self._reserved
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                batch = await self.broker.fetch(self.queues, room, self.fetch_timeout)
+            except BrokerError as exc:
+                log.error("fetching from the broker failed (retrying in %.1fs): %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 0.1
+            for delivery in batch:
+                self._held[id(delivery)] = delivery
+                self._ready.put_nowait(delivery)
+            self._reserved += len(batch)
+
+    def _release(self, count: int = 1) -> None:
+        self._reserved -= count
+        self._room.set()
+
+    async def _renew_leases(self) -> None:
+        interval = max(0.05, self.lease / 3)
+        while True:
+            await asyncio.sleep(interval)
+            if self._held:
+                try:
+                    await self.broker.renew(list(self._held.values()))
+                except BrokerError as exc:
+                    log.error("renewing leases failed: %s", exc)
+
+    # ---- processing ---------------------------------------------------------------------
+    async def _runner(self) -> None:
+        while True:
+            delivery = await self._ready.get()
+            if delivery is None:
+                return
+            try:
+                await self._process(delivery)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("internal error while processing a message; giving it back")
+                self._held.pop(id(delivery), None)
+                with contextlib.suppress(Exception):
+                    await self.broker.requeue([delivery])
+            finally:
+                self._release()
+
+    async def _process(self, delivery: Delivery) -> None:
+        try:
+            msg = decode_task(delivery.envelope, self.accept)
+        except ProtocolError as exc:
+            headers = delivery.envelope.headers
+            task_id = headers.get("id") or delivery.envelope.properties.get("correlation_id")
+            await self._dead_letter(delivery, exc, task_id, headers.get("task"))
+            return
+        task = self.app.tasks.get(msg.task)
+        if task is None:
+            exc = NotRegistered(f"task {msg.task!r} is not registered on {self.hostname}")
+            await self._dead_letter(delivery, exc, msg.id, msg.task)
+            return
+        now = time.time()
+        if msg.expires is not None and msg.expires.timestamp() <= now:
+            await self._expired(delivery, msg)
+            return
+        if msg.eta is not None and msg.eta.timestamp() - now > ETA_SLACK:
+            await self._hold_in_broker(delivery, msg.eta.timestamp())
+            return
+        conf = self.app.conf
+        acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
+        if not acks_late:
+            await self.acks.add(delivery)
+        ctx = self._context(msg, delivery)
+        track = conf.task_track_started if task.track_started is None else task.track_started
+        if track and not msg.ignore_result:
+            self.results.add((make_meta(msg.id, states.STARTED,
+                                        {"pid": os.getpid(), "hostname": self.hostname}), None))
+        outcome = await self.pool.execute(task, ctx)
+        await self._settle(delivery, msg, task, outcome, acks_late)
+
+    def _context(self, msg: TaskMessage, delivery: Delivery) -> Context:
+        return Context(
+            id=msg.id, task=msg.task, args=msg.args, kwargs=msg.kwargs, retries=msg.retries,
+            eta=msg.eta, expires=msg.expires, hostname=self.hostname,
+            delivery_info={"exchange": "", "routing_key": delivery.queue,
+                           "priority": delivery.priority, "redelivered": delivery.redelivered},
+            root_id=msg.root_id, parent_id=msg.parent_id, group=msg.group,
+            group_index=msg.group_index, correlation_id=msg.correlation_id,
+            reply_to=msg.reply_to, origin=msg.origin, timelimit=msg.timelimit,
+            callbacks=msg.callbacks, errbacks=msg.errbacks, chain=msg.chain, chord=msg.chord,
+            headers=msg.extra_headers, ignore_result=msg.ignore_result, priority=msg.priority,
+            shadow=msg.shadow,
+        )
+
+    async def _settle(
+        self, delivery: Delivery, msg: TaskMessage, task: Task[Any, Any], outcome: Outcome,
+        acks_late: bool,
+    ) -> None:
+        """Record the outcome, send what follows from it, and ack (late) or give back."""
+        self.processed += 1
+        self.outcomes[outcome.status] = self.outcomes.get(outcome.status, 0) + 1
+        status = outcome.status
+        meta: Meta | None = None
+        follow: list[Outgoing] = []
+        if status == states.SUCCESS:
+            log.info("Task %s[%s] succeeded in %.6fs: %r", msg.task, msg.id, outcome.runtime,
+                     outcome.value)
+            if not msg.ignore_result:
+                meta = self._meta(msg, states.SUCCESS, outcome.value, None)
+            follow = followups.success_messages(self.app, msg, outcome.value)
+        elif status == states.FAILURE:
+            log.error("Task %s[%s] raised unexpected: %r", msg.task, msg.id, outcome.value)
+            store = not msg.ignore_result or self.app.conf.task_store_errors_even_if_ignored
+            if store:
+                meta = self._meta(msg, states.FAILURE, encode_exception(outcome.value),
+                                  outcome.traceback)
+            follow = followups.failure_messages(self.app, msg)
+        elif status == states.RETRY and outcome.retry is not None:
+            log.info("Task %s[%s] retry: %s", msg.task, msg.id, outcome.retry)
+            follow = [followups.retry_message(self.app, task, msg, outcome.retry, delivery.queue)]
+            if not msg.ignore_result:
+                meta = self._meta(msg, states.RETRY, encode_exception(outcome.value),
+                                  outcome.traceback)
+        elif status == states.REJECTED and outcome.reject is not None:
+            await self._rejected(delivery, msg, outcome, acks_late)
+            return
+        if follow:
+            await self.broker.publish(follow)
+        if len(self.results) > self.prefetch * 4:
+            await self.results.flush()
+        self.results.add((meta, delivery if acks_late else None))
+
+    def _meta(self, msg: TaskMessage, status: str, result: Any, tb: str | None) -> Meta:
+        if self.app.conf.result_extended:
+            return make_meta(msg.id, status, result, tb, name=msg.task, args=list(msg.args),
+                             kwargs=msg.kwargs, worker=self.hostname, retries=msg.retries)
+        return make_meta(msg.id, status, result, tb)
+
+    async def _rejected(
+        self, delivery: Delivery, msg: TaskMessage, outcome: Outcome, acks_late: bool
+    ) -> None:
+        reject = outcome.reject
+        assert reject is not None
+        if not acks_late:
+            log.warning("Task %s[%s] rejected (already acked): %s", msg.task, msg.id, reject.reason)
+            return
+        self._held.pop(id(delivery), None)
+        if reject.requeue:
+            log.info("Task %s[%s] rejected and requeued: %s", msg.task, msg.id, reject.reason)
+            await self.broker.requeue([delivery])
+        else:
+            log.warning("Task %s[%s] rejected: %s", msg.task, msg.id, reject.reason)
+            await self.broker.dead_letter(delivery, f"rejected by the task: {reject.reason}")
+
+    # ---- poison, expiry, eta ----------------------------------------------------------------
+    async def _dead_letter(
+        self, delivery: Delivery, exc: Exception, task_id: str | None, task_name: str | None
+    ) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("dead-lettering message %s (task %s) from %s: %s",
+                  task_id or "<no id>", task_name or "<unknown>", delivery.queue, reason)
+        if task_id and self.backend is not None:
+            meta = make_meta(str(task_id), states.FAILURE, encode_exception(exc), None)
+            with contextlib.suppress(Exception):
+                await self.backend.store([meta])
+        self._held.pop(id(delivery), None)
+        await self.broker.dead_letter(delivery, reason)
+
+    async def _expired(self, delivery: Delivery, msg: TaskMessage) -> None:
+        log.info("Task %s[%s] expired, not run", msg.task, msg.id)
+        exc = TaskRevokedError("expired")
+        self.results.add((make_meta(msg.id, states.REVOKED, encode_exception(exc), None),
+                          delivery))
+
+    async def _hold_in_broker(self, delivery: Delivery, eta: float) -> None:
+        """A message that is not due yet goes back to wait in the broker, not in memory."""
+        await self.broker.publish([Outgoing(
+            queue=delivery.queue, envelope=delivery.envelope, priority=delivery.priority,
+            not_before=eta,
+        )])
+        await self.acks.add(delivery)
+
+    # ---- writing ------------------------------------------------------------------------
+    async def _write_acks(self, deliveries: list[Delivery]) -> None:
+        await self.broker.ack(deliveries)
+        for d in deliveries:
+            self._held.pop(id(d), None)
+
+    async def _write_results(self, items: list[tuple[Meta | None, Delivery | None]]) -> None:
+        metas = [meta for meta, _ in items if meta is not None]
+        if metas and self.backend is not None:
+            await self._store_metas(metas)
+        to_ack = [d for _, d in items if d is not None]
+        if to_ack:
+            await self._write_acks(to_ack)
+
+    async def _store_metas(self, metas: list[Meta]) -> None:
+        assert self.backend is not None
+        try:
+            await self.backend.store(metas)
+            return
+        except Exception as exc:
+            if len(metas) == 1 and not _is_encoding_error(exc):
+                raise
+        for meta in metas:  # find the one that cannot be stored; store the others
+            try:
+                await self.backend.store([meta])
+            except Exception as exc:
+                if not _is_encoding_error(exc):
+                    raise
+                log.error("result of %s cannot be stored: %s", meta["task_id"], exc)
+                await self.backend.store([make_meta(
+                    meta["task_id"], states.FAILURE,
+                    encode_exception(EncodeError(str(exc))), None)])
+
+
+def _is_encoding_error(exc: BaseException) -> bool:
+    cause = exc.__cause__ or exc
+    return isinstance(cause, TypeError | ValueError | OverflowError)

@@ -1,0 +1,95 @@
+"""Shared fixtures: a SQLite file per test and real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+
+
+class WorkerProcess:
+    """A real ``celeriac worker`` subprocess; stopped by pid at the end of the test."""
+
+    def __init__(self, url: str, log_path: Path, *args: str, app: str = "tests.apps.basic",
+                 env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "celeriac.cli.main", "-A", app, "worker", "-l", "info", *args]
+        full_env = {**os.environ, "CELERIAC_TEST_URL": url, "PYTHONPATH": str(ROOT),
+                    **(env or {})}
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 20.0) -> WorkerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready: " in self.log():
+                return self
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.02)
+        raise AssertionError(f"worker not ready in {timeout}s:\n{self.log()}")
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError(f"worker did not stop on SIGTERM:\n{self.log()}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(db_url: str, tmp_path: Path) -> Iterator[object]:
+    """Start real workers: ``start_worker("-P", "threads", "-c", "4")``."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, url: str | None = None, ready: bool = True,
+              env: dict[str, str] | None = None, app: str = "tests.apps.basic") -> WorkerProcess:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        proc = WorkerProcess(url or db_url, log_path, *args, env=env, app=app)
+        started.append(proc)
+        return proc.wait_ready() if ready else proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def basic_app(db_url: str) -> Iterator[object]:
+    """The test app of ``tests.apps.basic``, pointed at this test's SQLite file."""
+    from tests.apps import basic
+
+    basic.app.conf.broker_url = db_url
+    basic.app.conf.result_backend = db_url
+    yield basic
+    basic.app.close()
