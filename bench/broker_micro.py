@@ -77,8 +77,10 @@ async def bench(name: str, make: Callable[[], Broker], n: int, batch: int) -> No
             single_taken += 1
         fetch_ack_one = single_taken / (time.perf_counter() - start)
         print(
-            f"{name:8} publish 1/call {single:>10,.0f}/s   publish {batch}/call {batched:>10,.0f}/s"
-            f"   fetch+ack 100/call {fetch_ack:>10,.0f}/s   fetch+ack 1/call {fetch_ack_one:>9,.0f}/s"
+            f"{name:8} publish 1/call {single:>10,.0f}/s"
+            f"   publish {batch}/call {batched:>10,.0f}/s"
+            f"   fetch+ack 100/call {fetch_ack:>10,.0f}/s"
+            f"   fetch+ack 1/call {fetch_ack_one:>9,.0f}/s"
         )
     finally:
         await broker.close()

@@ -91,7 +91,12 @@ _LOG_FORMAT: Final = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 _TASK_LOG_FORMAT: Final = (
     "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]: %(message)s"
 )
-_PUBLISH_RETRY_POLICY: Final = {"max_retries": 3, "interval_start": 0, "interval_max": 1, "interval_step": 0.2}
+_PUBLISH_RETRY_POLICY: Final = {
+    "max_retries": 3,
+    "interval_start": 0,
+    "interval_max": 1,
+    "interval_step": 0.2,
+}
 _ACCEPTED: Final = "accepted for Celery compatibility; no celeriac part reads it yet"
 
 # fmt: off
@@ -469,7 +474,9 @@ def _parse(setting: Setting, text: str) -> Any:
             return validate(setting, value)
         except ConfigurationError:
             continue
-    raise ConfigurationError(f"setting {setting.name!r} expects {setting.expected}, cannot read {text!r}")
+    raise ConfigurationError(
+        f"setting {setting.name!r} expects {setting.expected}, cannot read {text!r}"
+    )
 
 
 def as_seconds(value: float | timedelta | None) -> float | None:
@@ -537,7 +544,9 @@ def find_setting(name: str) -> Setting:
 # Up to the last "@" of one URL, so that a raw "/" or "@" in a password is still masked.
 _URL: Final = re.compile(r"(?P<scheme>\b[a-zA-Z][\w+.-]*://)(?P<userinfo>[^\s;,]*)@")
 _QUERY_SECRET: Final = re.compile(r"(?i)\b(password|passwd|secret|token|access_key)=([^&;\s]*)")
-_SENSITIVE_NAME: Final = re.compile(r"(?i)pass|secret|token|credential|api_?key|access_key|auth_kwargs")
+_SENSITIVE_NAME: Final = re.compile(
+    r"(?i)pass|secret|token|credential|api_?key|access_key|auth_kwargs"
+)
 _MASK: Final = "****"
 
 
@@ -783,7 +792,9 @@ class Config(Mapping[str, Any]):
         """Put ``name`` back to its default."""
         setting = _resolve(name)
         value = setting.default
-        self.__dict__[setting.name] = copy.deepcopy(value) if setting.name in _MUTABLE_DEFAULTS else value
+        self.__dict__[setting.name] = (
+            copy.deepcopy(value) if setting.name in _MUTABLE_DEFAULTS else value
+        )
         self._changes.pop(setting.name, None)
 
     def _store(self, items: Iterable[tuple[str, Any]]) -> None:
@@ -805,7 +816,9 @@ class Config(Mapping[str, Any]):
 
     # -- loading --
     @_loads_into
-    def from_object(self, obj: Any, namespace: str | None = None, *, silent: bool = False) -> Config:
+    def from_object(
+        self, obj: Any, namespace: str | None = None, *, silent: bool = False
+    ) -> Config:
         """Load settings from an object, a class, a module, a dict or an import path.
 
         ``obj`` may be ``"module"``, ``"module:attr"`` or ``"module.attr"`` (imported here; a
@@ -825,7 +838,9 @@ class Config(Mapping[str, Any]):
         return self
 
     @_loads_into
-    def from_envvar(self, variable: str, namespace: str | None = None, *, silent: bool = False) -> Config:
+    def from_envvar(
+        self, variable: str, namespace: str | None = None, *, silent: bool = False
+    ) -> Config:
         """``from_object`` of the import path held by the environment variable ``variable``."""
         path = os.environ.get(variable)
         if not path:

@@ -32,7 +32,7 @@ def encode_exception(exc: BaseException) -> dict[str, Any]:
     args: list[Any] = []
     for arg in exc.args:
         args.append(arg if isinstance(arg, str | int | float | bool | type(None)) else repr(arg))
-    return {"exc_type": cls.__qualname__, "exc_message": args, "exc_module": cls.__module__}
+    return {"exc_type": cls.__name__, "exc_message": args, "exc_module": cls.__module__}
 
 
 def format_traceback(exc: BaseException) -> str:

@@ -198,6 +198,7 @@ class SQLiteBackend:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
                 db.execute("PRAGMA wal_autocheckpoint = 0")  # see _after_write
+                db.execute(f"PRAGMA journal_size_limit = {16 << 20}")
                 db.create_function(
                     "celeriac_may_replace", 2, states.may_replace, deterministic=True
                 )
@@ -218,6 +219,7 @@ class SQLiteBackend:
                 await task
         self._fail_waiters(BackendError("the result backend was closed"))
         if self._checkpointing is not None:
+            self._rows_since_checkpoint = 0  # no further checkpoint chained after this one
             with contextlib.suppress(Exception):
                 await self._checkpointing
             self._checkpointing = None
@@ -277,8 +279,10 @@ class SQLiteBackend:
     def _after_write(self, rows: int) -> None:
         """Start a checkpoint in a thread once enough rows were written since the last."""
         self._rows_since_checkpoint += rows
-        if self._rows_since_checkpoint < CHECKPOINT_ROWS:
-            return
+        if self._rows_since_checkpoint >= CHECKPOINT_ROWS:
+            self._start_checkpoint()
+
+    def _start_checkpoint(self) -> None:
         if self._checkpointing is not None and not self._checkpointing.done():
             return
         self._rows_since_checkpoint = 0
@@ -294,8 +298,13 @@ class SQLiteBackend:
         fut.add_done_callback(self._checkpointed)
 
     def _checkpointed(self, fut: asyncio.Future[int]) -> None:
-        if not fut.cancelled() and fut.exception() is None:
-            self._wal_frames = fut.result()
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        self._wal_frames = fut.result()
+        # Rows written while it ran are not copied yet: go again at once, so the copies
+        # catch up with the writes and a write can restart the WAL.
+        if self._rows_since_checkpoint and self._wal_frames and self._db is not None:
+            self._start_checkpoint()
 
     # -- reading ------------------------------------------------------------------------
 

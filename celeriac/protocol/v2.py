@@ -84,15 +84,14 @@ def safe_repr(obj: Any, maxsize: int = REPR_MAXSIZE) -> str:
     Like Celery's ``saferepr`` it does bounded work on huge sequences and never raises.
     """
     try:
-        if isinstance(obj, list | tuple) and len(obj) > maxsize // 2:
-            # each element takes >= 3 characters ("x, "), so this prefix is long enough
-            text = repr(obj[: maxsize // 2])
-        elif isinstance(obj, dict) and len(obj) > maxsize // 2:
-            text = repr(dict(islice(obj.items(), maxsize // 2)))
-        elif isinstance(obj, str | bytes) and len(obj) > maxsize:
-            text = repr(obj[:maxsize])
-        else:
-            text = repr(obj)
+        if isinstance(obj, list | tuple | dict | str | bytes) and len(obj) > maxsize // 2:
+            # bounded work: each element takes >= 3 characters ("x, "), so a prefix of
+            # maxsize // 2 elements (or maxsize characters) is long enough to cut
+            if isinstance(obj, dict):
+                obj = dict(islice(obj.items(), maxsize // 2))
+            else:
+                obj = obj[: maxsize // 2] if isinstance(obj, list | tuple) else obj[:maxsize]
+        text = repr(obj)
     except Exception as exc:  # a user __repr__ may fail; the message must still go
         return f"<unrepresentable {type(obj).__name__}: {type(exc).__name__}>"
     if len(text) > maxsize:

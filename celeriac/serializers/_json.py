@@ -51,6 +51,7 @@ class EncodeError(CeleriacError, TypeError):
 
 _OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 _ATOMIC = frozenset({str, int, float, bool, type(None)})
+_CONTAINERS = frozenset({list, tuple, dict})
 _MARKER = b'"__type__"'
 
 
@@ -92,11 +93,13 @@ def _has_uuid(obj: Any) -> bool:
     if _ATOMIC.issuperset(map(type, values)):
         return False
     for v in values:
-        if type(v) in _ATOMIC:
+        t = type(v)
+        if t in _ATOMIC:
             continue
-        if isinstance(v, uuid.UUID):
-            return True
-        if isinstance(v, list | tuple | dict) and _has_uuid(v):
+        if t in _CONTAINERS or isinstance(v, list | tuple | dict):
+            if _has_uuid(v):
+                return True
+        elif isinstance(v, uuid.UUID):
             return True
     return False
 

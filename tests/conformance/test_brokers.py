@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from celeriac.brokers import broker_class, broker_from_url
 from celeriac.brokers.memory import MemoryBroker
-from celeriac.brokers.sqlite import SQLiteBroker
+from celeriac.brokers.sqlite import SQLiteBroker, path_from_url
+from celeriac.errors import ConfigurationError
 from celeriac.testing.broker_kit import CHECKS, BrokerSpec, Check, run_check
 
 SPECS = [
@@ -29,3 +31,52 @@ SPECS = [
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
 async def test_broker(spec: BrokerSpec, check: Check, tmp_path: Path) -> None:
     await run_check(spec, check, tmp_path)
+
+
+# -- the URL seam ---------------------------------------------------------------------------
+
+
+def test_broker_from_url_picks_the_class_and_options() -> None:
+    broker = broker_from_url("memory://urls", visibility_timeout=7)
+    assert isinstance(broker, MemoryBroker) and broker.lease_seconds == 7.0
+    sqlite = broker_from_url("sqlite:////tmp/x/celeriac.db", poll_interval=0.5)
+    assert isinstance(sqlite, SQLiteBroker)
+    assert sqlite.path == "/tmp/x/celeriac.db" and sqlite.poll_interval == 0.5
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite://", "celeriac.sqlite3"),
+        ("sqlite:///rel/dir/b.db", "rel/dir/b.db"),
+        ("sqlite:////abs/b.db", "/abs/b.db"),
+    ],
+)
+def test_sqlite_url_paths(url: str, path: str) -> None:
+    assert path_from_url(url) == path
+
+
+def test_sqlite_in_memory_url_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="memory://"):
+        path_from_url("sqlite:///:memory:")
+
+
+def test_unknown_scheme_lists_known_ones() -> None:
+    with pytest.raises(ConfigurationError, match=r"Did you mean 'sqlite'.*Known schemes: memory"):
+        broker_from_url("sqlit:///x.db")
+
+
+def test_unknown_option_suggests_the_closest() -> None:
+    with pytest.raises(ConfigurationError, match="Did you mean 'lease_seconds'"):
+        broker_from_url("memory://", lease_second=3)
+    with pytest.raises(ConfigurationError, match="Did you mean 'poll_interval'"):
+        SQLiteBroker("sqlite:///x.db", pol_interval=3)
+
+
+def test_missing_extra_names_the_pip_extra() -> None:
+    try:
+        broker_class("redis://localhost:6379/0")
+    except ImportError as exc:
+        assert "pip install 'celeriac[redis]'" in str(exc)
+    with pytest.raises(ImportError, match=r"pip install 'celeriac\[amqp\]'"):
+        broker_class("amqp://guest:secret@localhost//")
