@@ -16,17 +16,18 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from celeriac.brokers.base import Broker
 from celeriac.backends.base import ResultBackend
+from celeriac.brokers.base import Broker
 from celeriac.config import Config
 from celeriac.errors import ConfigurationError, NotRegistered
 from celeriac.message import Outgoing, TaskMessage
 from celeriac.protocol import encode_task
 from celeriac.routing import compile_routes, resolve_route
-from celeriac.task import SEND_OPTIONS, TASK_OPTIONS, Task, check_options, make_task
+from celeriac.task import SEND_OPTIONS, TASK_OPTIONS, check_options, make_task
+from celeriac.task import Task as BaseTask
 from celeriac.utils.sync import run_sync
 
 if TYPE_CHECKING:
@@ -62,14 +63,14 @@ class LoopResources:
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _as_datetime(value: Any, now: datetime, what: str) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, timedelta):
         return now + value
     if isinstance(value, int | float):
@@ -79,14 +80,14 @@ def _as_datetime(value: Any, now: datetime, what: str) -> datetime | None:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise ConfigurationError(f"{what}: not an ISO-8601 time: {value!r}") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     raise ConfigurationError(f"{what} must be a datetime or a number of seconds, not {value!r}")
 
 
 class Celeriac:
     """A celeriac application."""
 
-    Task: type[Task[Any, Any]] = Task
+    Task: type[BaseTask[Any, Any]] = BaseTask
 
     def __init__(
         self,
@@ -95,7 +96,7 @@ class Celeriac:
         backend: str | None = None,
         include: Iterable[str] = (),
         *,
-        task_cls: type[Task[Any, Any]] | None = None,
+        task_cls: type[BaseTask[Any, Any]] | None = None,
         set_as_current: bool = True,
         **settings: Any,
     ) -> None:
@@ -111,7 +112,7 @@ class Celeriac:
         self.include = list(include)
         if task_cls is not None:
             self.Task = task_cls
-        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.tasks: dict[str, BaseTask[Any, Any]] = {}
         self.oid = str(uuid.uuid4())
         self.origin = f"gen{os.getpid()}@{socket.gethostname()}"
         self._resources: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopResources] = (
@@ -148,15 +149,10 @@ class Celeriac:
 
     # ---- tasks --------------------------------------------------------------------------
     @overload
-    def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
+    def task(self, fun: Callable[P, R], /) -> BaseTask[P, R]: ...
 
     @overload
-    def task(
-        self, *, bind: Literal[False] = False, **options: Any
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
-
-    @overload
-    def task(self, *, bind: Literal[True], **options: Any) -> Callable[[Callable[..., R]], Task[..., R]]: ...
+    def task(self, /, **options: Any) -> Callable[[Callable[P, R]], BaseTask[P, R]]: ...
 
     def task(self, fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True)``."""
@@ -166,21 +162,21 @@ class Celeriac:
                 raise ConfigurationError(f"@app.task needs a function, got {fun!r}")
             return self._register(fun, options)
 
-        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+        def decorate(f: Callable[..., Any]) -> BaseTask[Any, Any]:
             return self._register(f, options)
 
         return decorate
 
-    def _register(self, fun: Callable[..., Any], options: dict[str, Any]) -> Task[Any, Any]:
-        if isinstance(fun, Task):
-            fun = fun.__wrapped__  # type: ignore[attr-defined]
+    def _register(self, fun: Callable[..., Any], options: dict[str, Any]) -> BaseTask[Any, Any]:
+        if isinstance(fun, BaseTask):
+            fun = fun.__wrapped__
         if not options.get("name") and fun.__module__ == "__main__" and self.main:
             options = {**options, "name": f"{self.main}.{fun.__qualname__}"}
         task = make_task(self, fun, options)
         self.tasks[task.name] = task
         return task
 
-    def register_task(self, task: Task[Any, Any]) -> Task[Any, Any]:
+    def register_task(self, task: BaseTask[Any, Any]) -> BaseTask[Any, Any]:
         task.app = self
         self.tasks[task.name] = task
         return task
@@ -205,7 +201,7 @@ class Celeriac:
     def loader_import_default_modules(self) -> None:
         self.import_modules()
 
-    def get_task(self, name: str) -> Task[Any, Any]:
+    def get_task(self, name: str) -> BaseTask[Any, Any]:
         try:
             return self.tasks[name]
         except KeyError:
@@ -277,7 +273,7 @@ class Celeriac:
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
-        task: Task[Any, Any] | None = None,
+        task: BaseTask[Any, Any] | None = None,
         **options: Any,
     ) -> tuple[TaskMessage, Outgoing]:
         """Build the message for one call and address it: no I/O."""
@@ -414,7 +410,7 @@ class Celeriac:
         return run_sync(self.asend_many(signatures))
 
     # ---- results ------------------------------------------------------------------------
-    def AsyncResult(self, task_id: str, task_name: str | None = None) -> AsyncResult[Any]:  # noqa: N802
+    def AsyncResult(self, task_id: str, task_name: str | None = None) -> AsyncResult[Any]:
         from celeriac.result import AsyncResult
 
         return AsyncResult(task_id, app=self, task_name=task_name)
@@ -458,11 +454,11 @@ def shared_task(fun: Callable[..., Any] | None = None, /, **options: Any) -> Any
     """A task registered with every app, present and future (for reusable modules)."""
     check_options(list(options), TASK_OPTIONS, "task")
 
-    def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+    def decorate(f: Callable[..., Any]) -> BaseTask[Any, Any]:
         with _registry_lock:
             _shared_tasks.append((f, options))
             apps = list(_all_apps)
-        task: Task[Any, Any] | None = None
+        task: BaseTask[Any, Any] | None = None
         for app in apps:
             registered = app._register(f, options)
             if app is _default_app:

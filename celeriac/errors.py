@@ -162,5 +162,5 @@ class BackendError(CeleriacError):
     """A result backend operation failed."""
 
 
-class TimeoutError(CeleriacError, builtins.TimeoutError):  # noqa: A001 - Celery's name
+class TimeoutError(CeleriacError, builtins.TimeoutError):
     """``AsyncResult.get`` waited longer than its timeout."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import sys
 import traceback as tb_module
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from celeriac import errors, states
@@ -198,7 +198,8 @@ class AsyncResult(Generic[R]):
             if meta is None:
                 raise errors.TimeoutError(f"the task {self.id} did not finish within {timeout}s")
             self._cache = meta
-        return self._outcome(meta, propagate)
+        value: R = self._outcome(meta, propagate)
+        return value
 
     def get(
         self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5,
@@ -248,11 +249,13 @@ class EagerResult(AsyncResult[R]):
 
     async def aget(self, timeout: float | None = None, propagate: bool = True,
                    interval: float = 0.5, **_ignored: Any) -> R:
-        return self._outcome(self._cache or {}, propagate)
+        value: R = self._outcome(self._cache or {}, propagate)
+        return value
 
     def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5,
             **kwargs: Any) -> R:
-        return self._outcome(self._cache or {}, propagate)
+        value: R = self._outcome(self._cache or {}, propagate)
+        return value
 
     def _outcome(self, meta: Meta, propagate: bool) -> Any:
         if self._state in states.PROPAGATE_STATES:
@@ -276,7 +279,7 @@ def make_meta(
         "traceback": traceback,
         "children": [],
         "date_done": (
-            datetime.now(timezone.utc).isoformat()
+            datetime.now(UTC).isoformat()
             if status in states.READY_STATES else None
         ),
         "task_id": task_id,

@@ -112,7 +112,7 @@ class Task(Generic[P, R]):
         self.__doc__ = fun.__doc__
         self.__name__ = getattr(fun, "__name__", self.name)
         self.__module__ = getattr(fun, "__module__", __name__)
-        self.__wrapped__ = fun
+        self.__wrapped__: Callable[..., Any] = fun
         if self.typing:
             try:
                 self._signature: inspect.Signature | None = inspect.signature(fun)
@@ -173,7 +173,7 @@ class Task(Generic[P, R]):
         """Send the task. Options as Celery's (countdown, eta, expires, queue, priority, ...)."""
         app = self._app()
         if app.conf.task_always_eager:
-            return self.apply(args, kwargs, **options)  # type: ignore[return-value]
+            return self.apply(args, kwargs, **options)
         return run_sync(self.aapply_async(args, kwargs, **options))
 
     async def aapply_async(
@@ -184,7 +184,7 @@ class Task(Generic[P, R]):
     ) -> AsyncResult[R]:
         app = self._app()
         if app.conf.task_always_eager:
-            return self.apply(args, kwargs, **options)  # type: ignore[return-value]
+            return self.apply(args, kwargs, **options)
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
         self.check_arguments(args, kwargs)
@@ -195,7 +195,7 @@ class Task(Generic[P, R]):
         args: Sequence[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         **options: Any,
-    ) -> EagerResult:
+    ) -> EagerResult[R]:
         """Run the task here and now, retries included; returns an ``EagerResult``."""
         from celeriac.worker.execute import run_eagerly
 
@@ -217,7 +217,7 @@ class Task(Generic[P, R]):
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         return self.signature(args, kwargs, immutable=True)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         from celeriac.result import AsyncResult
 
         return AsyncResult(task_id, app=self._app(), task_name=self.name)
@@ -271,7 +271,7 @@ class Task(Generic[P, R]):
         countdown = min(self.retry_backoff_max, factor * (2**retries))
         if self.retry_jitter:
             countdown = random.uniform(0, countdown)
-        return countdown
+        return float(countdown)
 
     # ---- hooks a base class may override --------------------------------------------------
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
@@ -306,6 +306,6 @@ def make_task(
     options = {**options, "name": name}
     # One class per task, as Celery does, so a base's class attributes are per task.
     cls = type(getattr(fun, "__name__", "task"), (base,), {"__module__": fun.__module__})
-    task = cls()
+    task: Task[Any, Any] = cls()
     task._setup(app, fun, options)
     return task

@@ -31,9 +31,7 @@ def encode_meta(meta: Meta) -> bytes:
     try:
         return _STDLIB_MARK + json.dumps(meta, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
-        raise BackendError(
-            f"cannot serialize the result of task {task_id_of(meta)}: {exc}"
-        ) from exc
+        raise BackendError(f"cannot serialize the result of task {task_id_of(meta)}: {exc}") from exc
 
 
 def decode_meta(blob: bytes) -> Meta:
@@ -82,7 +80,5 @@ def check_expires(expires: float | None) -> float | None:
     if expires is None:
         return None
     if isinstance(expires, bool) or not isinstance(expires, int | float) or expires < 0:
-        raise ConfigurationError(
-            f"result expires must be a number of seconds >= 0 or None, got {expires!r}"
-        )
+        raise ConfigurationError(f"result expires must be a number of seconds >= 0 or None, got {expires!r}")
     return float(expires) or None

@@ -44,9 +44,7 @@ class _Store:
     lock: threading.Lock = field(default_factory=threading.Lock)
     entries: dict[str, _Entry] = field(default_factory=dict)
     # task id -> {future: the loop it belongs to}
-    waiters: dict[str, dict[asyncio.Future[bytes], asyncio.AbstractEventLoop]] = field(
-        default_factory=dict
-    )
+    waiters: dict[str, dict[asyncio.Future[bytes], asyncio.AbstractEventLoop]] = field(default_factory=dict)
 
 
 _stores: dict[str, _Store] = {}
@@ -127,11 +125,7 @@ class MemoryBackend:
         # Check and register under one lock hold: a store cannot slip in between.
         with store.lock:
             entry = store.entries.get(task_id)
-            if (
-                entry is not None
-                and entry.live(time.time())
-                and entry.status in states.READY_STATES
-            ):
+            if entry is not None and entry.live(time.time()) and entry.status in states.READY_STATES:
                 return decode_meta(entry.blob)
             store.waiters.setdefault(task_id, {})[fut] = loop
         try:

@@ -15,6 +15,10 @@ Statements run on the event loop thread: they take tens of microseconds (WAL,
 checkpoint (it copies pages into the database and fsyncs it, 5-10 ms), is taken off the loop:
 this connection never checkpoints automatically; after every ``CHECKPOINT_ROWS`` written rows
 a passive checkpoint runs in a worker thread on a connection of its own.
+
+Nor does the loop ever sleep in SQLite's busy handler: the connection has no busy timeout;
+a statement that finds another process holding the write lock is retried after a short
+``asyncio.sleep`` (sub-millisecond, growing to 5 ms, with jitter), up to ``busy_timeout``.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from celeriac import states
 from celeriac.backends._common import (
@@ -58,8 +63,7 @@ _SCHEMA = (
         expires_at REAL,
         meta BLOB NOT NULL
     )""",
-    f"CREATE INDEX IF NOT EXISTS {TABLE}_expires_at ON {TABLE} (expires_at) "
-    "WHERE expires_at IS NOT NULL",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_expires_at ON {TABLE} (expires_at) WHERE expires_at IS NOT NULL",
 )
 
 # The stored row is replaced only if states.may_replace allows it; an expired row counts as
@@ -74,6 +78,7 @@ _UPSERT = f"""
         CASE WHEN {TABLE}.expires_at <= ? THEN NULL ELSE {TABLE}.status END
     )
 """
+_T = TypeVar("_T")
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _READY = "status IN ({})".format(", ".join(f"'{s}'" for s in sorted(states.READY_STATES)))
 
@@ -107,19 +112,26 @@ def _translated(action: str) -> Iterator[None]:
         raise BackendError(f"sqlite result backend: {action} failed: {exc}") from exc
 
 
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection, action: str) -> Iterator[sqlite3.Connection]:
-    """One write transaction; ``IMMEDIATE`` takes the write lock up front, so the statements
-    inside never fail half-way on another process's lock."""
-    with _translated(action):
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Another connection holds the lock (SQLITE_BUSY / SQLITE_LOCKED, any extended code)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _in_transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    """``fn`` in one write transaction; ``IMMEDIATE`` takes the write lock up front, so a
+    busy database fails at ``BEGIN`` (and is retried whole), never half-way."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(db)
         db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    return result
 
 
 def _checkpoint(path: str, busy_timeout: float) -> int:
@@ -186,30 +198,59 @@ class SQLiteBackend:
     # -- connection ---------------------------------------------------------------------
 
     async def connect(self) -> None:
-        self._conn()
+        await self._connection()
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is not None:
-            return self._db
-        with _translated("opening the database"):
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            try:
-                db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute("PRAGMA synchronous = NORMAL")
-                db.execute("PRAGMA wal_autocheckpoint = 0")  # see _after_write
-                db.execute(f"PRAGMA journal_size_limit = {16 << 20}")
-                db.create_function(
-                    "celeriac_may_replace", 2, states.may_replace, deterministic=True
-                )
-                for statement in _SCHEMA:
-                    db.execute(statement)
-            except BaseException:
+    async def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = await self._retry("opening the database", self._open)
+            if self._db is None:  # another coroutine may have opened it meanwhile
+                self._db = db
+                self._notifier = Notifier(channel_directory(self.path, CHANNEL))
+            else:
                 db.close()
-                raise
-        self._db = db
-        self._notifier = Notifier(channel_directory(self.path, CHANNEL))
+        return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        # timeout=0: no busy handler sleeping on the event loop thread (see _retry)
+        db = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint = 0")  # see _after_write
+            db.execute(f"PRAGMA journal_size_limit = {16 << 20}")
+            db.create_function("celeriac_may_replace", 2, states.may_replace, deterministic=True)
+            for statement in _SCHEMA:
+                db.execute(statement)
+        except BaseException:
+            db.close()
+            raise
         return db
+
+    async def _retry(self, action: str, fn: Callable[[], _T]) -> _T:
+        """``fn()``, again after a short sleep while the database is busy, up to
+        ``busy_timeout``; sqlite3 errors become ``BackendError``."""
+        deadline: float | None = None
+        delay = 0.0002
+        while True:
+            with _translated(action):
+                try:
+                    return fn()
+                except sqlite3.OperationalError as exc:
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + self.busy_timeout
+                    if not _is_busy(exc) or now >= deadline:
+                        raise
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 0.005)
+
+    async def _read(self, action: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        db = await self._connection()
+        return await self._retry(action, lambda: fn(db))
+
+    async def _write(self, action: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        db = await self._connection()
+        return await self._retry(action, lambda: _in_transaction(db, fn))
 
     async def close(self) -> None:
         task, self._waiter_task = self._waiter_task, None
@@ -241,35 +282,36 @@ class SQLiteBackend:
             return
         now = time.time()
         expiry = expires_at(self.expires, now)
-        rows = [
-            (task_id_of(m), status_of(m), m.get("date_done"), expiry, encode_meta(m), now)
-            for m in metas
-        ]
-        with _transaction(self._conn(), "store") as db:
-            db.executemany(_UPSERT, rows)
+        rows = [(task_id_of(m), status_of(m), m.get("date_done"), expiry, encode_meta(m), now) for m in metas]
+        await self._write("store", lambda db: db.executemany(_UPSERT, rows))
         if self._notifier is not None and any(r[1] in states.READY_STATES for r in rows):
             self._notifier.notify()
         self._after_write(len(rows))
 
     async def forget(self, task_ids: Sequence[str]) -> None:
-        with _transaction(self._conn(), "forget") as db:
+        def delete(db: sqlite3.Connection) -> None:
             for chunk in _chunks(task_ids):
                 db.execute(f"DELETE FROM {TABLE} WHERE task_id IN ({_marks(len(chunk))})", chunk)
-        self._after_write(len(task_ids))
+
+        if task_ids:
+            await self._write("forget", delete)
+            self._after_write(len(task_ids))
 
     async def expire(self) -> int:
         """Delete expired rows, a few thousand per transaction so that other writers and
         this event loop are never held up for long."""
-        db = self._conn()
         now = time.time()
         total = 0
+
+        def delete_some(db: sqlite3.Connection) -> int:
+            return db.execute(
+                f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} "
+                "WHERE expires_at <= ? LIMIT 5000)",
+                (now,),
+            ).rowcount
+
         while True:
-            with _translated("expire"):
-                deleted = db.execute(
-                    f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} "
-                    "WHERE expires_at <= ? LIMIT 5000)",
-                    (now,),
-                ).rowcount
+            deleted = await self._write("expire", delete_some)
             total += deleted
             self._after_write(deleted)
             if deleted < 5000:
@@ -292,9 +334,7 @@ class SQLiteBackend:
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             return
         loop = asyncio.get_running_loop()
-        self._checkpointing = fut = loop.run_in_executor(
-            None, _checkpoint, self.path, self.busy_timeout
-        )
+        self._checkpointing = fut = loop.run_in_executor(None, _checkpoint, self.path, self.busy_timeout)
         fut.add_done_callback(self._checkpointed)
 
     def _checkpointed(self, fut: asyncio.Future[int]) -> None:
@@ -309,33 +349,32 @@ class SQLiteBackend:
     # -- reading ------------------------------------------------------------------------
 
     async def get(self, task_id: str) -> Meta | None:
-        with _translated("get"):
-            row = (
-                self._conn()
-                .execute(
-                    f"SELECT meta FROM {TABLE} WHERE task_id = ? AND {_LIVE}",
-                    (task_id, time.time()),
-                )
-                .fetchone()
-            )
+        def select(db: sqlite3.Connection) -> Any:
+            return db.execute(
+                f"SELECT meta FROM {TABLE} WHERE task_id = ? AND {_LIVE}", (task_id, time.time())
+            ).fetchone()
+
+        row = await self._read("get", select)
         return None if row is None else decode_meta(row[0])
 
     async def get_many(self, task_ids: Sequence[str]) -> dict[str, Meta]:
-        return {tid: decode_meta(blob) for tid, blob in self._select(task_ids, ready_only=False)}
+        found = await self._select(task_ids, ready_only=False)
+        return {tid: decode_meta(blob) for tid, blob in found}
 
-    def _select(self, task_ids: Sequence[str], *, ready_only: bool) -> list[tuple[str, bytes]]:
-        db = self._conn()
-        now = time.time()
+    async def _select(self, task_ids: Sequence[str], *, ready_only: bool) -> list[tuple[str, bytes]]:
         where = f"{_LIVE} AND {_READY}" if ready_only else _LIVE
-        found: list[tuple[str, bytes]] = []
-        with _translated("get"):
+
+        def select(db: sqlite3.Connection) -> list[tuple[str, bytes]]:
+            now = time.time()
+            found: list[tuple[str, bytes]] = []
             for chunk in _chunks(task_ids):
                 found += db.execute(
-                    f"SELECT task_id, meta FROM {TABLE} "
-                    f"WHERE task_id IN ({_marks(len(chunk))}) AND {where}",
+                    f"SELECT task_id, meta FROM {TABLE} WHERE task_id IN ({_marks(len(chunk))}) AND {where}",
                     (*chunk, now),
                 ).fetchall()
-        return found
+            return found
+
+        return await self._read("get", select)
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -343,10 +382,10 @@ class SQLiteBackend:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Meta] = loop.create_future()
         # Register, then look: the waiter task looks at every registered id after arming
-        # its listener, so a commit at any moment is seen by one of the two.
+        # its listener, so a commit at any moment is seen by this look or by the task.
         self._waiters.setdefault(task_id, {})[fut] = None
         try:
-            ready = self._select([task_id], ready_only=True)
+            ready = await self._select([task_id], ready_only=True)
             if ready:
                 return decode_meta(ready[0][1])
             if self._waiter_task is None or self._waiter_task.done():
@@ -371,7 +410,7 @@ class SQLiteBackend:
             listener = self._listener
             while self._waiters:
                 listener.arm()
-                for task_id, blob in self._select(list(self._waiters), ready_only=True):
+                for task_id, blob in await self._select(list(self._waiters), ready_only=True):
                     for fut in self._waiters.pop(task_id, {}):
                         if not fut.done():
                             fut.set_result(decode_meta(blob))

@@ -103,7 +103,7 @@ class _Store:
             q = self.queues[name] = _Queue()
         return q
 
-    def promote(self, name: str, q: _Queue, now: float) -> None:
+    def promote(self, q: _Queue, now: float) -> None:
         """Make due delayed messages and lapsed leases ready."""
         messages = self.messages
         delayed, leases, ready = q.delayed, q.leases, q.ready
@@ -147,7 +147,7 @@ class _Store:
             q = self.queues.get(name)
             if q is None:
                 continue
-            self.promote(name, q, now)
+            self.promote(q, now)
             ready = q.ready
             while ready and len(out) < max_count:
                 _, mid = heapq.heappop(ready)
@@ -357,7 +357,7 @@ class MemoryBroker:
                 q = store.queues.get(name)
                 if q is None:
                     continue
-                store.promote(name, q, now)
+                store.promote(q, now)
                 for _, mid in itertools.chain(q.ready, q.delayed):
                     msg = store.messages.get(mid)
                     if msg is not None and msg.state in (READY, DELAYED):

@@ -112,7 +112,7 @@ def loads(raw: bytes | str) -> tuple[Envelope, dict[str, Any], str]:
         raise DecodeError(f"envelope body must be a string, got {type(body).__name__}")
     elif body_encoding == "base64":
         try:
-            data = binascii.a2b_base64(body)
+            data = binascii.a2b_base64(body, strict_mode=True)
         except (binascii.Error, ValueError) as exc:
             raise DecodeError(f"envelope body is not base64: {exc}") from None
     elif body_encoding is None:

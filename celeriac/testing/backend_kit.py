@@ -310,9 +310,7 @@ async def check_wait_failure_and_no_timeout(make: BackendFactory) -> None:
         waiter = asyncio.create_task(backend.wait(task_id, None))
         await asyncio.sleep(0.05)
         await backend.store([_failure(task_id)])
-        assert await _within(waiter, WAKE_BOUND, "wait() after a FAILURE store") == _failure(
-            task_id
-        )
+        assert await _within(waiter, WAKE_BOUND, "wait() after a FAILURE store") == _failure(task_id)
 
 
 @_check()

@@ -23,9 +23,12 @@ import itertools
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 _counter = itertools.count()
+#: An mtime older than this is trusted to have seen every change made in its tick.
+_MTIME_TRUST_NS = 100_000_000
 
 
 def channel_directory(store_path: str, channel: str) -> Path:
@@ -54,7 +57,9 @@ class Notifier:
         except FileNotFoundError:
             self._targets, self._seen_mtime = [], None
             return
-        if mtime != self._seen_mtime:
+        # A directory's mtime may tick coarsely (a jiffy on older kernels): a listener bound
+        # in the same tick as our last listing leaves it unchanged, so a fresh mtime is no proof.
+        if mtime != self._seen_mtime or time.time_ns() - mtime < _MTIME_TRUST_NS:
             self._seen_mtime = mtime
             try:
                 names = os.listdir(self.directory)

@@ -93,7 +93,7 @@ def run_sync_task(task: Task[Any, Any], ctx: Context) -> Outcome:
         task.before_start(ctx.id or "", ctx.args, ctx.kwargs)
         value = task.run(*ctx.args, **ctx.kwargs)
         outcome = Outcome(states.SUCCESS, value)
-    except BaseException as exc:  # noqa: BLE001 - the task's failure is data here
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         outcome = classify(task, exc, ctx)
@@ -119,7 +119,7 @@ async def run_async_task(task: Task[Any, Any], ctx: Context, hard_limit: float |
                 raise TimeLimitExceeded(f"task exceeded its hard time limit of {hard_limit}s") from exc
             raise
         outcome = Outcome(states.SUCCESS, value)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         outcome = classify(task, exc, ctx)
@@ -138,8 +138,6 @@ def run_eagerly(
     task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
 ) -> EagerResult[Any]:
     """``Task.apply``: run here, retrying at once (countdowns are not waited for)."""
-    import asyncio
-
     from celeriac.utils.sync import run_sync
 
     task_id = options.get("task_id") or str(uuid.uuid4())
@@ -152,14 +150,7 @@ def run_eagerly(
             delivery_info={"is_eager": True},
         )
         if task.is_async:
-            async def call(ctx: Context = ctx) -> Outcome:
-                return await run_async_task(task, ctx)
-
-            try:
-                asyncio.get_running_loop()
-                outcome = run_sync(call())
-            except RuntimeError:
-                outcome = run_sync(call())
+            outcome = run_sync(run_async_task(task, ctx))
         else:
             outcome = run_sync_task(task, ctx)
         if outcome.status == states.RETRY and outcome.retry is not None:

@@ -149,8 +149,8 @@ class Worker:
         await self._give_back_unstarted()
         for _ in runners:
             self._ready.put_nowait(None)
-        running = asyncio.gather(*runners, return_exceptions=True)
-        cold = asyncio.ensure_future(self._cold_event.wait())
+        running: asyncio.Future[Any] = asyncio.gather(*runners, return_exceptions=True)
+        cold: asyncio.Future[Any] = asyncio.ensure_future(self._cold_event.wait())
         done, _ = await asyncio.wait(
             [running, cold], timeout=self.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED
         )
@@ -255,8 +255,8 @@ class Worker:
             return
         task = self.app.tasks.get(msg.task)
         if task is None:
-            exc = NotRegistered(f"task {msg.task!r} is not registered on {self.hostname}")
-            await self._dead_letter(delivery, exc, msg.id, msg.task)
+            unknown = NotRegistered(f"task {msg.task!r} is not registered on {self.hostname}")
+            await self._dead_letter(delivery, unknown, msg.id, msg.task)
             return
         now = time.time()
         if msg.expires is not None and msg.expires.timestamp() <= now:

@@ -15,8 +15,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run(*args: str, url: str, input: str | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CELERIAC_TEST_URL": url, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "celeriac.cli.main", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60, input=input)
+    return subprocess.run(
+        [sys.executable, "-m", "celeriac.cli.main", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=input,
+    )
 
 
 def test_version(db_url: str) -> None:
@@ -33,8 +40,17 @@ def test_call_result_and_purge(db_url: str, start_worker: Any) -> None:
     got = run("-A", "tests.apps.basic", "result", task_id, "--wait", "--timeout", "10", url=db_url)
     assert got.returncode == 0 and got.stdout.strip() == "5", got.stderr
 
-    queued = run("-A", "tests.apps.basic", "call", "tests.apps.basic.add", "--args", "[1, 1]",
-                 "--queue", "nobody-listens", url=db_url)
+    queued = run(
+        "-A",
+        "tests.apps.basic",
+        "call",
+        "tests.apps.basic.add",
+        "--args",
+        "[1, 1]",
+        "--queue",
+        "nobody-listens",
+        url=db_url,
+    )
     assert queued.returncode == 0
     purged = run("-A", "tests.apps.basic", "purge", "-Q", "nobody-listens", "-f", url=db_url)
     assert "Purged 1 message" in purged.stdout
@@ -44,8 +60,9 @@ def test_call_result_and_purge(db_url: str, start_worker: Any) -> None:
 
 def test_failure_result_is_shown(db_url: str, start_worker: Any) -> None:
     start_worker("-P", "solo")
-    task_id = run("-A", "tests.apps.basic", "call", "tests.apps.basic.fail", "--args", '["bad"]',
-                  url=db_url).stdout.strip()
+    task_id = run(
+        "-A", "tests.apps.basic", "call", "tests.apps.basic.fail", "--args", '["bad"]', url=db_url
+    ).stdout.strip()
     got = run("-A", "tests.apps.basic", "result", task_id, "--wait", url=db_url)
     assert "FAILURE: ValueError: bad" in got.stdout
 

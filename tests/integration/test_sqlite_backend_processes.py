@@ -151,7 +151,7 @@ async def test_racing_writers_never_move_success_back(tmp_path: Path) -> None:
         wrong = {tid: m["status"] for tid, m in got.items() if m["status"] != states.SUCCESS}
         assert not wrong, list(wrong.items())[:5]
         # and the SUCCESS meta is the one kept, whole
-        assert got["race-0"] == celery_meta("race-0", states.SUCCESS, 1)
+        assert got["race-0"] == {**celery_meta("race-0", states.SUCCESS, 1), "date_done": None}
     finally:
         _stop(*procs)
         await backend.close()

@@ -133,9 +133,7 @@ async def test_many_processes_get_every_message_exactly_once(tmp_path: Path) -> 
         await producer.connect()
         try:
             for i in range(0, total, 100):  # published while the consumers run
-                await producer.publish(
-                    [Outgoing("q", Envelope(str(n).encode())) for n in range(i, i + 100)]
-                )
+                await producer.publish([Outgoing("q", Envelope(str(n).encode())) for n in range(i, i + 100)])
                 await asyncio.sleep(0.01)
             reports = [await asyncio.to_thread(read_line, p, 60) for p in (a, b, c, d)]
             assert await producer.queue_size("q") == 0

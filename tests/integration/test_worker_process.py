@@ -57,8 +57,12 @@ def test_exception_of_an_unknown_module_is_a_remote_error(basic_app: Any, start_
     # The same stored meta, read by an app that does not know the task's module:
     from celeriac import Celeriac
 
-    other = Celeriac("other", broker=basic_app.app.conf.broker_url,
-                     backend=basic_app.app.conf.result_backend, set_as_current=False)
+    other = Celeriac(
+        "other",
+        broker=basic_app.app.conf.broker_url,
+        backend=basic_app.app.conf.result_backend,
+        set_as_current=False,
+    )
     try:
         exc = other.AsyncResult(res.id).result
         assert isinstance(exc, RemoteError)
@@ -126,9 +130,13 @@ def test_malformed_and_disallowed_messages(basic_app: Any, start_worker: Any) ->
         broker = await basic_app.app.broker()
         await broker.publish([Outgoing("celery", envelope)])
 
-    garbage = Envelope(b"\xff not json", "application/json", "utf-8",
-                       {"lang": "py", "task": "basic.add", "id": "bad-body-1"},
-                       {"correlation_id": "bad-body-1"})
+    garbage = Envelope(
+        b"\xff not json",
+        "application/json",
+        "utf-8",
+        {"lang": "py", "task": "basic.add", "id": "bad-body-1"},
+        {"correlation_id": "bad-body-1"},
+    )
     run_sync(publish_raw(garbage))
     with pytest.raises(DecodeError):
         basic_app.app.AsyncResult("bad-body-1").get(timeout=10)
@@ -186,9 +194,7 @@ def test_bound_request(basic_app: Any, start_worker: Any) -> None:
     assert info["retries"] == 0 and info["queue"] == "celery"
 
 
-def test_warm_shutdown_finishes_running_and_gives_back_prefetched(
-    basic_app: Any, start_worker: Any
-) -> None:
+def test_warm_shutdown_finishes_running_and_gives_back_prefetched(basic_app: Any, start_worker: Any) -> None:
     worker = start_worker("-P", "solo", "--prefetch-multiplier", "4")
     first = basic_app.sleep.delay(1.0)
     rest = [basic_app.add.delay(i, 0) for i in range(3)]

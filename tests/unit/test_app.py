@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -93,7 +93,7 @@ def test_countdown_eta_expires_and_priority(app: Celeriac) -> None:
     @app.task
     def f() -> None: ...
 
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     f.apply_async(countdown=0.2, expires=60, priority=7)
     delivery = fetch_one(app)
     msg = decode_task(delivery.envelope, ["json"])
