@@ -37,8 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import tasks
-from bench.common import FIRST_MARK, LAST_MARK, ROOT, Params, Proc, Samples, percentile, \
-    read_mark, wait_until
+from bench.common import FIRST_MARK, LAST_MARK, ROOT, Params, Proc, Samples, percentile, read_mark, wait_until
 from celeriac.errors import TimeoutError as ResultTimeout
 from celeriac.pools.threads import SoloPool
 from celeriac.result import AsyncResult
@@ -59,6 +58,7 @@ def configure(broker: str, backend: str) -> None:
     app.close()
     app.conf.broker_url = broker
     app.conf.result_backend = backend
+    app.purge()  # a server given by URL may hold an earlier run's messages
 
 
 def enqueue_one(n: int, warmup: int) -> float:

@@ -2,7 +2,7 @@
 
 from celeriac import states
 from celeriac.app import Celeriac, Celery, shared_task
-from celeriac.canvas import Signature, signature, subtask
+from celeriac.canvas import GroupResult, Signature, chain, group, signature, subtask
 from celeriac.errors import (
     CeleriacError,
     ConfigurationError,
@@ -37,6 +37,7 @@ __all__ = [
     "DecodeError",
     "EagerResult",
     "EncodeError",
+    "GroupResult",
     "Ignore",
     "ImproperlyConfigured",
     "MaxRetriesExceededError",
@@ -52,6 +53,8 @@ __all__ = [
     "TimeoutError",
     "WorkerLostError",
     "__version__",
+    "chain",
+    "group",
     "shared_task",
     "signature",
     "states",

@@ -114,6 +114,9 @@ class Signature(dict[str, Any]):
         sig = self.clone(args, kwargs)
         return self._get_app().get_task(sig.task)(*sig.args, **sig.kwargs)
 
+    def __or__(self, other: Any) -> chain:  # type: ignore[override]
+        return chain(self, *(other.tasks if isinstance(other, chain) else [other]))
+
     def __repr__(self) -> str:
         args = ", ".join([*(repr(a) for a in self["args"]),
                           *(f"{k}={v!r}" for k, v in self["kwargs"].items())])
@@ -128,3 +131,127 @@ def signature(varies: Any, *args: Any, **kwargs: Any) -> Signature:
 
 
 subtask = signature
+
+
+def _ensure_signature(task: Any) -> Signature:
+    if isinstance(task, Signature):
+        return task
+    if isinstance(task, dict):
+        return Signature(task)
+    raise TypeError(f"expected a signature (task.s(...)), not {task!r}")
+
+
+class chain:
+    """Tasks run one after another, each getting the previous one's result first.
+
+    Sent as Celery sends it: the first task carries the others in ``embed.chain``, last
+    first, each with its task id fixed in advance; the worker moves the chain along.
+    """
+
+    def __init__(self, *tasks: Any, app: Celeriac | None = None) -> None:
+        if len(tasks) == 1 and isinstance(tasks[0], list | tuple):
+            tasks = tuple(tasks[0])
+        if not tasks:
+            raise ValueError("a chain needs at least one task")
+        self.tasks = [_ensure_signature(t) for t in tasks]
+        self._app = app or self.tasks[0]._app
+
+    def apply_async(self, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None,
+                    **options: Any) -> AsyncResult[Any]:
+        import uuid
+
+        from celeriac.result import AsyncResult
+
+        app = self._app
+        if app is None:
+            from celeriac.app import default_app
+
+            app = default_app()
+        steps = [sig.clone() for sig in self.tasks]
+        ids = [str(uuid.uuid4()) for _ in steps]
+        root_id = ids[0]
+        for sig, task_id in zip(steps[1:], ids[1:], strict=True):
+            sig["options"].update(task_id=task_id, root_id=root_id, reply_to=app.oid)
+        rest = [dict(sig) for sig in reversed(steps[1:])]
+        first = steps[0].clone(args, kwargs, **options)
+        first_options = {**first.options, "task_id": root_id, "root_id": root_id}
+        if rest:
+            first_options["chain"] = rest
+        app.send_task(first.task, first.args, first.kwargs, **first_options)
+        return AsyncResult(ids[-1], app=app, task_name=steps[-1].task)
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
+        return self.apply_async(args, kwargs)
+
+    def __or__(self, other: Any) -> chain:
+        return chain(*self.tasks, *(other.tasks if isinstance(other, chain) else [other]),
+                     app=self._app)
+
+
+class group:
+    """Tasks run side by side; sent in one broker round trip; results collected in order."""
+
+    def __init__(self, *tasks: Any, app: Celeriac | None = None) -> None:
+        if len(tasks) == 1 and not isinstance(tasks[0], Signature | dict):
+            tasks = tuple(tasks[0])
+        self.tasks = [_ensure_signature(t) for t in tasks]
+        self._app = app or (self.tasks[0]._app if self.tasks else None)
+
+    def apply_async(self, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None,
+                    **options: Any) -> GroupResult:
+        import uuid
+
+        app = self._app
+        if app is None:
+            from celeriac.app import default_app
+
+            app = default_app()
+        group_id = options.pop("group_id", None) or str(uuid.uuid4())
+        sigs = [
+            sig.clone(args, kwargs, **options, group_id=group_id, group_index=index)
+            for index, sig in enumerate(self.tasks)
+        ]
+        results = app.send_many(sigs)
+        return GroupResult(group_id, results)
+
+    def delay(self, *args: Any, **kwargs: Any) -> GroupResult:
+        return self.apply_async(args, kwargs)
+
+
+class GroupResult:
+    """The results of a group, in the group's order."""
+
+    def __init__(self, id: str, results: list[AsyncResult[Any]]) -> None:
+        self.id = id
+        self.results = results
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+        """Every result in order; ``timeout`` bounds the whole wait."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for res in self.results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(res.get(timeout=left, propagate=propagate))
+        return values
+
+    join = get
+
+    def ready(self) -> bool:
+        return all(r.ready() for r in self.results)
+
+    def successful(self) -> bool:
+        return all(r.successful() for r in self.results)
+
+    def failed(self) -> bool:
+        return any(r.failed() for r in self.results)
+
+    def completed_count(self) -> int:
+        return sum(1 for r in self.results if r.successful())
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Any:
+        return iter(self.results)

@@ -143,7 +143,7 @@ class DecodeError(ProtocolError):
     """The message body or envelope is malformed."""
 
 
-class EncodeError(ProtocolError):
+class EncodeError(ProtocolError, TypeError):
     """A value (a result, an argument) cannot be serialized."""
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from celeriac.errors import CeleriacError
+from celeriac.errors import EncodeError
 
 __all__ = [
     "EncodeError",
@@ -43,10 +43,6 @@ __all__ = [
     "stdlib_encoder",
     "walk_markers",
 ]
-
-
-class EncodeError(CeleriacError, TypeError):
-    """A value cannot be serialized with the chosen serializer."""
 
 
 _OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS

@@ -149,10 +149,7 @@ def run_eagerly(
             is_eager=True, root_id=task_id, correlation_id=task_id,
             delivery_info={"is_eager": True},
         )
-        if task.is_async:
-            outcome = run_sync(run_async_task(task, ctx))
-        else:
-            outcome = run_sync_task(task, ctx)
+        outcome = run_sync(run_async_task(task, ctx)) if task.is_async else run_sync_task(task, ctx)
         if outcome.status == states.RETRY and outcome.retry is not None:
             retry = outcome.retry
             args = getattr(retry, "retry_args", args)

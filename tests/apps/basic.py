@@ -113,3 +113,10 @@ def ignored() -> int:
 @app.task
 def unserializable() -> object:
     return object()
+
+
+@app.task
+def record_errback(failed_task_id: str, path: str) -> str:
+    """An errback: called with the failed task's id first."""
+    Path(path).write_text(failed_task_id)
+    return failed_task_id

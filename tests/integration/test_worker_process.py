@@ -229,3 +229,31 @@ def test_long_task_keeps_its_lease(basic_app: Any, start_worker: Any, tmp_path: 
     res = basic_app.sleep_late.delay(2.0, str(marker))
     assert res.get(timeout=15) == 2.0
     assert len(marker.read_text().split()) == 1
+
+
+def test_link_chain_and_group(basic_app: Any, start_worker: Any, tmp_path: Path) -> None:
+    from celeriac import chain, group
+
+    start_worker("-P", "threads", "-c", "2")
+    out = tmp_path / "linked"
+    res = basic_app.add.apply_async((1, 2), link=basic_app.write_file.si(str(out), "linked"))
+    assert res.get(timeout=10) == 3
+    wait_until(out.exists)
+
+    final = chain(basic_app.add.s(1, 2), basic_app.add.s(10), basic_app.add.s(100)).apply_async()
+    assert final.get(timeout=10) == 113
+
+    piped = (basic_app.add.s(2, 2) | basic_app.add.s(4)).delay()
+    assert piped.get(timeout=10) == 8
+
+    results = group(basic_app.add.s(i, i) for i in range(10)).apply_async()
+    assert results.get(timeout=10) == [2 * i for i in range(10)]
+
+    err_marker = tmp_path / "errback"
+    failing = basic_app.fail.apply_async(
+        ("x",), link_error=basic_app.record_errback.s(str(err_marker))
+    )
+    with pytest.raises(ValueError):
+        failing.get(timeout=10)
+    wait_until(err_marker.exists)
+    assert err_marker.read_text() == failing.id

@@ -240,11 +240,11 @@ def test_config_from_object_with_namespace(app: Celeriac) -> None:
 def test_public_names_are_pinned() -> None:
     assert set(celeriac.__all__) == {
         "AsyncResult", "Celeriac", "CeleriacError", "Celery", "ConfigurationError",
-        "ContentDisallowed", "DecodeError", "EagerResult", "EncodeError", "Ignore",
+        "ContentDisallowed", "DecodeError", "EagerResult", "EncodeError", "GroupResult", "Ignore",
         "ImproperlyConfigured", "MaxRetriesExceededError", "NotRegistered", "Reject",
         "RemoteError", "Retry", "Signature", "SoftTimeLimitExceeded", "Task",
         "TaskRevokedError", "TimeLimitExceeded", "TimeoutError", "WorkerLostError",
-        "__version__", "shared_task", "signature", "states", "subtask",
+        "__version__", "chain", "group", "shared_task", "signature", "states", "subtask",
     }
     for name in celeriac.__all__:
         assert hasattr(celeriac, name)

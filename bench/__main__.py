@@ -1,0 +1,182 @@
+"""``python -m bench`` (``make bench BENCH_ARGS=...``): celeriac's throughput and latency.
+
+For each row (a system on a broker) and no-op tasks, on this machine:
+
+- enqueue one at a time (``delay()`` in a loop), tasks/s
+- enqueue batched (``send_many`` of 1,000 signatures), tasks/s
+- drain, results off: one solo worker over N pre-loaded tasks, tasks/s
+- drain, results on: the same with every result stored, tasks/s
+- round trip: ``delay().get()`` against a warm worker, p50 and p99 in ms
+
+How each is measured (and what is left out of the clock) is in ``bench/celeriac_rows.py``;
+peers follow the same method in their drivers (``bench/peers/``). Every figure is measured
+``--repeat`` times and shown as the median with the spread (min-max).
+
+    python -m bench                                 # celeriac memory + sqlite, 3 repeats
+    python -m bench --peers celery --json out.json  # + Celery 5 on sqla+sqlite (.venv-bench)
+    python -m bench --rows celeriac-sqlite --n 20000 --repeat 5
+    python -m bench --rows celeriac-redis --redis-url redis://localhost:6379/0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.common import FIGURES, RATE_FIGURES, Params, Samples, summary
+from bench.rows import DEFAULT_ROWS, PEERS, PeerRow, Row, make_rows
+
+console = Console(stderr=True)
+
+HEADINGS = {
+    "enqueue_one": "enqueue\n1 at a time\ntasks/s",
+    "enqueue_batch": "enqueue\nbatched\ntasks/s",
+    "drain_off": "drain\nresults off\ntasks/s",
+    "drain_on": "drain\nresults on\ntasks/s",
+    "rtt_p50": "round trip\np50\nms",
+    "rtt_p99": "round trip\np99\nms",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    rows = make_rows(None, None)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                        help=f"comma-separated rows of: {', '.join(rows)} (default: %(default)s)")
+    parser.add_argument("--peers", default="",
+                        help=f"add peer rows: {', '.join(PEERS)} (creates .venv-bench on first use)")
+    parser.add_argument("--n", type=int, default=5000, help="tasks per enqueue/drain run")
+    parser.add_argument("--batch", type=int, default=1000, help="signatures per send_many")
+    parser.add_argument("--peer-n", type=int, help="--n for peer rows (default: --n)")
+    parser.add_argument("--k", type=int, default=500, help="round trips per run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each figure")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed sends/round trips first")
+    parser.add_argument("--json", type=Path, help="save the samples and summaries here")
+    parser.add_argument("--redis-url", default=os.environ.get("CELERIAC_BENCH_REDIS_URL"))
+    parser.add_argument("--amqp-url", default=os.environ.get("CELERIAC_BENCH_AMQP_URL"))
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if min(args.n, args.batch, args.k, args.repeat) < 1 or args.n < 2:
+        parser.error("--n (>= 2), --batch, --k and --repeat must be positive")
+    return args
+
+
+def selected(args: argparse.Namespace, rows: dict[str, Row]) -> list[str]:
+    keys = [k.strip() for k in args.rows.split(",") if k.strip()]
+    for peer in filter(None, (p.strip() for p in args.peers.split(","))):
+        if peer not in PEERS:
+            raise SystemExit(f"unknown peer {peer!r}; known: {', '.join(PEERS)}")
+        keys += [k for k in PEERS[peer] if k not in keys]
+    unknown = [k for k in keys if k not in rows]
+    if unknown:
+        raise SystemExit(f"unknown row(s) {', '.join(unknown)}; known: {', '.join(rows)}")
+    return keys
+
+
+def cell(figure: str, values: list[float] | None) -> str:
+    if not values:
+        return "[dim]-[/]"
+    s = summary(values)
+    if figure in RATE_FIGURES:
+        return f"{s['median']:,.0f}\n[dim]{s['min']:,.0f}-{s['max']:,.0f}[/]"
+    return f"{s['median']:.2f}\n[dim]{s['min']:.2f}-{s['max']:.2f}[/]"
+
+
+def render(results: dict[str, dict[str, Any]], params: Params) -> Table:
+    table = Table(title=f"celeriac bench: no-op tasks, N={params.n:,}, K={params.k}, "
+                        f"{params.repeat} run(s) each: median and (min-max)",
+                  show_lines=True)
+    table.add_column("system / broker")
+    table.add_column("worker")
+    for figure in FIGURES:
+        table.add_column(HEADINGS[figure], justify="right")
+    for result in results.values():
+        if result.get("error"):
+            table.add_row(result["name"], result["mode"],
+                          f"[red]{result['error'].splitlines()[0][:60]}[/]",
+                          *[""] * (len(FIGURES) - 1))
+            continue
+        values = result.get("values", {})
+        name = result["name"]
+        if result.get("n") != params.n:
+            name += f"\n[dim](N={result.get('n'):,})[/]"
+        table.add_row(name, result["mode"], *[cell(f, values.get(f)) for f in FIGURES])
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rows = make_rows(args.redis_url, args.amqp_url)
+    logging.getLogger("celeriac").setLevel(logging.ERROR)  # in-process workers: quiet
+    keys = selected(args, rows)
+    params = Params(n=args.n, batch=args.batch, k=args.k, repeat=args.repeat,
+                    warmup=args.warmup)
+    top = Path(tempfile.mkdtemp(prefix="celeriac-bench-"))
+    results: dict[str, dict[str, Any]] = {}
+    failed = False
+    try:
+        for key in keys:
+            row = rows[key]
+            entry: dict[str, Any] = {"name": row.name, "mode": row.mode}
+            results[key] = entry
+            reason = row.unavailable()
+            if reason:
+                entry["error"] = f"skipped: {reason}"
+                console.print(f"[yellow]{row.name}: skipped ({reason})[/]")
+                continue
+            started = time.monotonic()
+            try:
+                with console.status(f"{row.name}") as status:
+                    row_params = params
+                    if args.peer_n and isinstance(row, PeerRow):
+                        row_params = dataclasses.replace(params, n=args.peer_n)
+                    entry["n"] = row_params.n
+                    samples: Samples = row.run(row_params, top / key,
+                                               lambda text: status.update(text))
+            except Exception as exc:
+                failed = True
+                entry["error"] = f"failed: {type(exc).__name__}: {exc}"
+                console.print(f"[red]{row.name} failed[/]\n{traceback.format_exc()}")
+                continue
+            entry.update(samples.to_json())
+            entry["summary"] = {f: summary(v) for f, v in samples.values.items() if v}
+            console.print(f"{row.name}: done in {time.monotonic() - started:.0f}s")
+    finally:
+        if args.keep:
+            console.print(f"kept {top}")
+        else:
+            shutil.rmtree(top, ignore_errors=True)
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=150)
+    out.print(render(results, params))
+    if args.json:
+        args.json.write_text(json.dumps({
+            "when": datetime.now(UTC).isoformat(),
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                        "platform": platform.platform()},
+            "params": vars(params),
+            "rows": results,
+        }, indent=2))
+        console.print(f"saved {args.json}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

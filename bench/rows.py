@@ -1,0 +1,123 @@
+"""The rows of the table, one entry each, and the peer plumbing (``.venv-bench``).
+
+A row is anything with ``name``, ``mode``, ``unavailable()`` (a reason it cannot run, or
+``None``) and ``run(params, workdir, say) -> Samples``. To add one, add an entry to
+``make_rows``: a ``CeleriacRow`` with URL makers for a celeriac broker/backend, or a
+``PeerRow`` naming a driver module and the packages its virtualenv needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from bench.common import ROOT, Params, Samples
+
+Say = Callable[[str], None]
+BENCH_VENV = ROOT / ".venv-bench"
+
+
+class Row(Protocol):
+    name: str
+    mode: str
+
+    def unavailable(self) -> str | None: ...
+
+    def run(self, params: Params, workdir: Path, say: Say) -> Samples: ...
+
+
+def ensure_bench_venv(packages: list[str], say: Say) -> Path:
+    """``.venv-bench`` with ``packages`` installed (created on first use); its python."""
+    python = BENCH_VENV / "bin" / "python"
+    if not python.exists():
+        say(f"creating {BENCH_VENV}")
+        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
+    stamp = BENCH_VENV / f".installed-{'-'.join(sorted(packages))}"
+    if not stamp.exists():
+        say(f"installing {', '.join(packages)} into {BENCH_VENV}")
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *packages], check=True)
+        stamp.touch()
+    return python
+
+
+@dataclass
+class PeerRow:
+    """Another task queue, measured by ``bench.peers.<driver>`` in ``.venv-bench``."""
+
+    name: str
+    driver: str
+    packages: list[str]
+    mode: str = "worker process"
+    args: list[str] = field(default_factory=list)
+    needs: str | None = None  # a reason it cannot run (e.g. a missing server URL)
+    timeout: float = 1800.0
+
+    def unavailable(self) -> str | None:
+        return self.needs
+
+    def run(self, params: Params, workdir: Path, say: Say) -> Samples:
+        python = ensure_bench_venv(self.packages, say)
+        workdir.mkdir(parents=True, exist_ok=True)
+        cmd = [str(python), "-m", f"bench.peers.{self.driver}", *params.as_args(),
+               "--workdir", str(workdir), *self.args]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("VIRTUAL_ENV", None)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stderr is not None and proc.stdout is not None
+            errors: list[str] = []
+            for line in proc.stderr:
+                line = line.rstrip()
+                errors.append(line)
+                if line.startswith("bench: "):
+                    say(f"{self.name}: {line.removeprefix('bench: ')}")
+            out = proc.stdout.read()
+            code = proc.wait(self.timeout)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+        if code != 0 or not out.strip():
+            tail = "\n".join(errors[-30:])
+            raise RuntimeError(f"driver {self.driver} failed ({code}):\n{tail}")
+        data = json.loads(out.strip().splitlines()[-1])
+        return Samples(values=data["values"], notes=data.get("notes", []))
+
+
+def make_rows(redis_url: str | None, amqp_url: str | None) -> dict[str, Row]:
+    """Every row by its key (``--rows``), in table order."""
+    from bench.celeriac_rows import CeleriacRow, memory_url, sqlite_url
+
+    def fixed(url: str | None) -> Callable[[Path], str]:
+        return lambda _d: url or ""
+
+    rows: dict[str, Row] = {
+        "celeriac-memory": CeleriacRow("celeriac memory", memory_url, memory_url,
+                                       in_process=True),
+        "celeriac-sqlite": CeleriacRow("celeriac sqlite", sqlite_url, sqlite_url),
+        "celeriac-redis": CeleriacRow(
+            "celeriac redis", fixed(redis_url), fixed(redis_url),
+            unavailable=None if redis_url else "needs --redis-url"),
+        "celeriac-rabbitmq": CeleriacRow(
+            "celeriac rabbitmq (+sqlite results)", fixed(amqp_url), sqlite_url,
+            unavailable=None if amqp_url else "needs --amqp-url"),
+        "celery-sqlite": PeerRow("celery 5 sqla+sqlite", "celery_driver",
+                                 ["celery>=5.3,<6", "sqlalchemy>=2"]),
+    }
+    return rows
+
+
+#: Which rows ``--peers NAME`` adds.
+PEERS: dict[str, list[str]] = {"celery": ["celery-sqlite"]}
+DEFAULT_ROWS = ["celeriac-memory", "celeriac-sqlite"]
