@@ -25,9 +25,10 @@ from celeriac.config import Config
 from celeriac.errors import ConfigurationError, NotRegistered
 from celeriac.message import Outgoing, TaskMessage
 from celeriac.protocol import encode_task
-from celeriac.routing import compile_routes, resolve_route
+from celeriac.routing import ROUTE_KEYS, compile_routes, is_static_router, resolve_route
 from celeriac.task import SEND_OPTIONS, TASK_OPTIONS, check_options, make_task
 from celeriac.task import Task as BaseTask
+from celeriac.utils.ids import new_id
 from celeriac.utils.sync import run_sync
 
 if TYPE_CHECKING:
@@ -120,6 +121,8 @@ class Celeriac:
         )
         self._resources_lock = threading.Lock()
         self._routers: list[Callable[..., Any]] | None = None
+        self._routes_source: Any = None
+        self._static_routes: dict[tuple[Any, ...], tuple[Any, tuple[str, int, str, str]]] = {}
         with _registry_lock:
             _all_apps.add(self)
             shared = list(_shared_tasks)
@@ -137,7 +140,6 @@ class Celeriac:
     ) -> None:
         """Read settings from an object, a module, a dict or ``"module[:attr]"``."""
         self.conf.from_object(obj, namespace=namespace, silent=silent)
-        self._routers = None
 
     def config_from_envvar(self, variable_name: str, silent: bool = False) -> None:
         module = os.environ.get(variable_name)
@@ -264,9 +266,48 @@ class Celeriac:
     # ---- sending ------------------------------------------------------------------------
     @property
     def routers(self) -> list[Callable[..., Any]]:
-        if self._routers is None:
-            self._routers = compile_routes(self.conf.task_routes)
+        """``task_routes`` compiled; compiled again whenever the setting is replaced."""
+        source = self.conf.task_routes
+        if self._routers is None or self._routes_source is not source:
+            self._routers = compile_routes(source)
+            self._routes_source = source
+            self._static_routes.clear()
         return self._routers
+
+    def _route(
+        self, name: str, task: BaseTask[Any, Any] | None, args: Any, kwargs: Any,
+        options: dict[str, Any],
+    ) -> tuple[str, int, str, str]:
+        """(queue, priority, exchange, routing_key) by Celery's precedence (see routing.py)."""
+        routers = self.routers
+        explicit = bool(options) and any(options.get(k) is not None for k in ROUTE_KEYS)
+        cacheable = not explicit and all(is_static_router(r) for r in routers)
+        conf = self.conf
+        if cacheable:
+            key = (name, conf.task_default_queue, conf.task_default_priority)
+            hit = self._static_routes.get(key)
+            if hit is not None and hit[0] is task:
+                return hit[1]
+        route: dict[str, Any] = {}
+        if task is not None:
+            for k in ROUTE_KEYS:
+                value = getattr(task, k, None)
+                if value is not None:
+                    route[k] = value
+        if "queue" not in route and not options.get("queue") and routers:
+            route = {**resolve_route(routers, name, args or (), kwargs or {}, options, task),
+                     **route}
+        for k in ROUTE_KEYS:
+            if options.get(k) is not None:
+                route[k] = options[k]
+        queue = route.get("queue") or conf.task_default_queue
+        priority = route.get("priority")
+        if priority is None:
+            priority = conf.task_default_priority or 0
+        result = (queue, int(priority), route.get("exchange") or "", route.get("routing_key") or queue)
+        if cacheable:
+            self._static_routes[key] = (task, result)
+        return result
 
     def prepare(
         self,
@@ -277,89 +318,87 @@ class Celeriac:
         **options: Any,
     ) -> tuple[TaskMessage, Outgoing]:
         """Build the message for one call and address it: no I/O."""
-        if options:
-            check_options(list(options), SEND_OPTIONS, "apply_async")
         if task is None:
             task = self.tasks.get(name)
         conf = self.conf
-        now = _utcnow()
-        countdown = options.get("countdown")
-        eta = _as_datetime(options.get("eta"), now, "eta")
-        if countdown is not None:
-            eta = now + timedelta(seconds=float(countdown))
-        expires = options.get("expires")
+        get = options.get
+        eta = expires_at = None
+        if options:
+            check_options(options, SEND_OPTIONS, "apply_async")
+            countdown = get("countdown")
+            if countdown is not None or get("eta") is not None:
+                now = _utcnow()
+                eta = (now + timedelta(seconds=float(countdown)) if countdown is not None
+                       else _as_datetime(get("eta"), now, "eta"))
+        expires = get("expires")
         if expires is None and task is not None:
             expires = task.expires
-        expires_at = _as_datetime(expires, now, "expires")
+        if expires is not None:
+            expires_at = _as_datetime(expires, _utcnow(), "expires")
+        queue, priority, exchange, routing_key = self._route(name, task, args, kwargs, options)
 
-        route: dict[str, Any] = {}
         if task is not None:
-            for key in ("queue", "routing_key", "exchange", "priority"):
-                value = getattr(task, key, None)
-                if value is not None:
-                    route[key] = value
-        if "queue" not in options and "queue" not in route and self.routers:
-            route = {**resolve_route(self.routers, name, args or (), kwargs or {}, options, task),
-                     **route}
-        for key in ("queue", "routing_key", "exchange", "priority"):
-            if options.get(key) is not None:
-                route[key] = options[key]
-        queue = route.get("queue") or conf.task_default_queue
-        priority = route.get("priority")
-        if priority is None:
-            priority = conf.task_default_priority or 0
-
-        time_limit = options.get("time_limit", task.time_limit if task else None)
-        soft_time_limit = options.get("soft_time_limit", task.soft_time_limit if task else None)
-        ignore_result = options.get("ignore_result")
-        if ignore_result is None:
-            ignore_result = (
-                task.ignore_result if task and task.ignore_result is not None
-                else conf.task_ignore_result
+            time_limit = get("time_limit", task.time_limit)
+            soft_time_limit = get("soft_time_limit", task.soft_time_limit)
+            serializer = get("serializer") or task.serializer or conf.task_serializer
+            compression = get("compression") or task.compression or conf.task_compression
+            ignore_result = get("ignore_result")
+            if ignore_result is None:
+                ignore_result = (conf.task_ignore_result if task.ignore_result is None
+                                 else task.ignore_result)
+        else:
+            time_limit = get("time_limit")
+            soft_time_limit = get("soft_time_limit")
+            serializer = get("serializer") or conf.task_serializer
+            compression = get("compression") or conf.task_compression
+            ignore_result = get("ignore_result")
+            if ignore_result is None:
+                ignore_result = conf.task_ignore_result
+        task_id = get("task_id") or new_id()
+        if options:
+            message = TaskMessage(
+                id=task_id,
+                task=name,
+                args=tuple(args or ()),
+                kwargs=dict(kwargs or {}),
+                root_id=get("root_id") or task_id,
+                parent_id=get("parent_id"),
+                group=get("group_id"),
+                group_index=get("group_index"),
+                shadow=get("shadow"),
+                eta=eta,
+                expires=expires_at,
+                retries=int(get("retries") or 0),
+                timelimit=(time_limit, soft_time_limit),
+                origin=self.origin,
+                ignore_result=bool(ignore_result),
+                replaced_task_nesting=int(get("replaced_task_nesting") or 0),
+                stamps=dict(get("stamps") or {}),
+                extra_headers=dict(get("headers") or {}),
+                callbacks=_signatures(get("link")),
+                errbacks=_signatures(get("link_error")),
+                chain=get("chain"),
+                chord=get("chord"),
+                reply_to=get("reply_to") or self.oid,
+                correlation_id=task_id,
+                priority=priority,
+                delivery_mode=int(get("delivery_mode") or 2),
             )
-        task_id = options.get("task_id") or str(uuid.uuid4())
-        serializer = options.get("serializer") or (task.serializer if task else None) \
-            or conf.task_serializer
-        compression = options.get("compression") or (task.compression if task else None) \
-            or conf.task_compression
-        headers = dict(options.get("headers") or {})
-
-        message = TaskMessage(
-            id=task_id,
-            task=name,
-            args=tuple(args or ()),
-            kwargs=dict(kwargs or {}),
-            root_id=options.get("root_id") or task_id,
-            parent_id=options.get("parent_id"),
-            group=options.get("group_id"),
-            group_index=options.get("group_index"),
-            shadow=options.get("shadow"),
-            eta=eta,
-            expires=expires_at,
-            retries=int(options.get("retries") or 0),
-            timelimit=(time_limit, soft_time_limit),
-            origin=self.origin,
-            ignore_result=bool(ignore_result),
-            replaced_task_nesting=int(options.get("replaced_task_nesting") or 0),
-            stamps=dict(options.get("stamps") or {}),
-            extra_headers=headers,
-            callbacks=_signatures(options.get("link")),
-            errbacks=_signatures(options.get("link_error")),
-            chain=options.get("chain"),
-            chord=options.get("chord"),
-            reply_to=options.get("reply_to") or self.oid,
-            correlation_id=task_id,
-            priority=int(priority),
-            delivery_mode=int(options.get("delivery_mode") or 2),
-        )
+        else:  # the common case, kept short: delay(*args)
+            message = TaskMessage(
+                id=task_id, task=name, args=tuple(args or ()), kwargs=dict(kwargs or {}),
+                root_id=task_id, expires=expires_at, timelimit=(time_limit, soft_time_limit),
+                origin=self.origin, ignore_result=bool(ignore_result), reply_to=self.oid,
+                correlation_id=task_id, priority=priority,
+            )
         envelope = encode_task(message, serializer=serializer, compression=compression)
         outgoing = Outgoing(
             queue=queue,
             envelope=envelope,
-            priority=int(priority),
+            priority=priority,
             not_before=eta.timestamp() if eta is not None else None,
-            exchange=route.get("exchange") or "",
-            routing_key=route.get("routing_key") or queue,
+            exchange=exchange,
+            routing_key=routing_key,
         )
         return message, outgoing
 

@@ -57,6 +57,11 @@ class _MapRouter:
         return None
 
 
+def is_static_router(router: RouteFunction) -> bool:
+    """Whether a router's answer depends on the task name only (so it can be cached)."""
+    return isinstance(router, _MapRouter)
+
+
 def compile_routes(setting: Any) -> list[RouteFunction]:
     """Turn the ``task_routes`` setting into a list of route functions."""
     if setting is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -52,8 +52,10 @@ SEND_OPTIONS = frozenset(
 )
 
 
-def check_options(given: Sequence[str], known: frozenset[str], what: str) -> None:
+def check_options(given: Iterable[str], known: frozenset[str], what: str) -> None:
     """Fail on the first unknown option, suggesting the nearest known one."""
+    if known.issuperset(given):
+        return
     for name in given:
         if name not in known:
             near = difflib.get_close_matches(name, sorted(known), n=1)

@@ -257,3 +257,27 @@ def test_link_chain_and_group(basic_app: Any, start_worker: Any, tmp_path: Path)
         failing.get(timeout=10)
     wait_until(err_marker.exists)
     assert err_marker.read_text() == failing.id
+
+
+def test_idle_worker_costs_almost_no_cpu_and_wakes_at_once(
+    basic_app: Any, start_worker: Any
+) -> None:
+    import psutil
+
+    worker = start_worker("-P", "solo")
+    assert basic_app.add.delay(0, 0).get(timeout=10) == 0  # warm
+    proc = psutil.Process(worker.pid)
+    before = proc.cpu_times()
+    time.sleep(3.0)
+    after = proc.cpu_times()
+    used = (after.user - before.user) + (after.system - before.system)
+    assert used < 0.02 * 3.0, f"an idle worker used {used:.3f} s of CPU in 3 s"
+    # No fixed polling interval stands between a publish and the idle worker.
+    delays = []
+    for i in range(20):
+        started = time.perf_counter()
+        basic_app.add.delay(i, 1).get(timeout=10)
+        delays.append(time.perf_counter() - started)
+        time.sleep(0.05)
+    delays.sort()
+    assert delays[len(delays) // 2] < 0.1, delays

@@ -1,0 +1,192 @@
+"""Profile celeriac's hot paths with py-spy (a dev tool: ``pip install py-spy``).
+
+    python -m bench.hotspots drain   [--n 20000] [--results/--no-results]
+    python -m bench.hotspots enqueue [--n 20000] [--batched]
+    python -m bench.hotspots rtt     [--k 2000]
+
+``drain`` pre-loads N tasks into a fresh SQLite file and records a ``celeriac worker -P solo``
+process under py-spy while it drains them; ``enqueue`` records a producer process; ``rtt``
+records both the producer and the worker. Prints the top functions by self time and the
+celeriac functions by inclusive time, as % of samples (py-spy without ``--idle``: a thread
+waiting in epoll or on a lock is not sampled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from bench import tasks
+from bench.celeriac_rows import _worker_env, configure, preload, queue_size, sqlite_url, worker_command
+from bench.common import wait_until
+
+
+def pyspy() -> str:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        raise SystemExit("py-spy is not installed: pip install py-spy")
+    return exe
+
+
+def report(raw: Path, title: str, top: int = 25) -> None:
+    """Self and inclusive % per function from py-spy's collapsed (raw) output."""
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = [_short(f) for f in stack.split(";")]
+        total += count
+        own[frames[-1]] += count
+        for f in set(frames):
+            incl[f] += count
+    print(f"\n== {title}: {total} samples ==")
+    print("-- self --")
+    for name, c in own.most_common(top):
+        print(f"{100 * c / total:6.1f}%  {name}")
+    print("-- inclusive (celeriac frames) --")
+    shown = 0
+    for name, c in incl.most_common():
+        if name.startswith(("celeriac/", "bench/")):
+            print(f"{100 * c / total:6.1f}%  {name}")
+            shown += 1
+            if shown >= top:
+                break
+
+
+def _short(frame: str) -> str:
+    # py-spy frames: "function (path/to/file.py:line)"; drop the line, shorten the path
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{path}:{name}"
+
+
+def record_worker(env: dict[str, str], out: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    cmd = [pyspy(), "record", "-r", "500", "-f", "raw", "-o", str(out), "--threads", "--",
+           *worker_command()]
+    spy = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log.open("wb"),
+                           stderr=subprocess.STDOUT)
+    child: int = wait_until(lambda: _child_of(spy.pid), 30, "the worker under py-spy")
+    return spy, child
+
+
+def _child_of(pid: int) -> int | None:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return None
+    return int(children[0]) if children else None
+
+
+def stop_recording(spy: subprocess.Popen[bytes], worker_pid: int) -> None:
+    """SIGTERM the worker (py-spy then writes its file and exits); SIGINT py-spy if not."""
+    try:
+        os.kill(worker_pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        spy.wait(60)
+    except subprocess.TimeoutExpired:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait(10)
+
+
+def drain(d: Path, n: int, results: bool) -> None:
+    url = sqlite_url(d)
+    configure(url, url)
+    last_id = preload(n, 1000, results)
+    out = d / "drain.txt"
+    spy, worker_pid = record_worker(_worker_env(url, url, None, None), out, d / "spy.log")
+    try:
+        started = time.perf_counter()
+        if results:
+            tasks.app.AsyncResult(last_id).get(timeout=600)
+        else:
+            wait_until(lambda: queue_size() == 0, 600, "the queue to empty", interval=0.01)
+        print(f"drained {n} in {time.perf_counter() - started:.2f}s (under py-spy, "
+              "start-up included)")
+    finally:
+        stop_recording(spy, worker_pid)
+    report(out, f"worker, drain {n} tasks, results {'on' if results else 'off'}")
+
+
+def enqueue(d: Path, n: int, batched: bool) -> None:
+    out = d / "enqueue.txt"
+    code = (
+        "from bench.celeriac_rows import configure, enqueue_one, enqueue_batch\n"
+        f"configure({sqlite_url(d)!r}, {sqlite_url(d)!r})\n"
+        f"rate = enqueue_batch({n}, 1000) if {batched} else enqueue_one({n}, 50)\n"
+        "print(f'{rate:,.0f} tasks/s under py-spy')\n"
+    )
+    subprocess.run([pyspy(), "record", "-r", "1000", "-f", "raw", "-o", str(out), "--",
+                    sys.executable, "-c", code], check=True)
+    report(out, f"producer, enqueue {'batched' if batched else 'one at a time'}")
+
+
+def rtt(d: Path, k: int) -> None:
+    url = sqlite_url(d)
+    wout = d / "rtt-worker.txt"
+    pout = d / "rtt-producer.txt"
+    spy, worker_pid = record_worker(_worker_env(url, url, None, None), wout, d / "spy.log")
+    try:
+        code = (
+            "import time\n"
+            "from bench import tasks\n"
+            "from bench.celeriac_rows import configure\n"
+            f"configure({url!r}, {url!r})\n"
+            "tasks.noop_r.delay(-1).get(timeout=60)\n"
+            "lat = []\n"
+            f"for _ in range({k}):\n"
+            "    t = time.perf_counter(); tasks.noop_r.delay(-1).get(timeout=30)\n"
+            "    lat.append(time.perf_counter() - t)\n"
+            "lat.sort(); print(f'p50 {lat[len(lat)//2]*1000:.2f} ms under py-spy')\n"
+        )
+        subprocess.run([pyspy(), "record", "-r", "1000", "-f", "raw", "-o", str(pout), "--",
+                        sys.executable, "-c", code], check=True)
+    finally:
+        stop_recording(spy, worker_pid)
+    report(pout, f"producer side of {k} round trips")
+    report(wout, f"worker side of {k} round trips")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.hotspots")
+    parser.add_argument("what", choices=["drain", "enqueue", "rtt"])
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--k", type=int, default=2000)
+    parser.add_argument("--results", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--batched", action="store_true")
+    args = parser.parse_args()
+    d = Path(tempfile.mkdtemp(prefix="celeriac-hotspots-"))
+    try:
+        if args.what == "drain":
+            drain(d, args.n, args.results)
+        elif args.what == "enqueue":
+            enqueue(d, args.n, args.batched)
+        else:
+            rtt(d, args.k)
+    finally:
+        tasks.app.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
