@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=2000)
     parser.add_argument("--results", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batched", action="store_true")
+    parser.add_argument("--save", type=Path, help="copy py-spy's raw stacks into this directory")
     args = parser.parse_args()
     d = Path(tempfile.mkdtemp(prefix="celeriac-hotspots-"))
     try:
@@ -185,6 +186,10 @@ def main() -> None:
             rtt(d, args.k)
     finally:
         tasks.app.close()
+        if args.save:
+            args.save.mkdir(parents=True, exist_ok=True)
+            for raw in d.glob("*.txt"):
+                shutil.copy(raw, args.save / raw.name)
         shutil.rmtree(d, ignore_errors=True)
 
 

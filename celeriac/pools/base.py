@@ -22,6 +22,8 @@ class Pool(Protocol):
 
     name: str
     concurrency: int
+    #: True when plain-function tasks run on the worker's event loop itself (solo).
+    blocks_loop: bool
 
     async def start(self) -> None:
         """Create threads or processes."""

@@ -96,7 +96,9 @@ async def check_request_is_visible(pool: Pool, app: Celeriac) -> None:
 
 
 async def check_plain_tasks_leave_the_loop_free(pool: Pool, app: Celeriac) -> None:
-    """A sleeping plain function must not stop the event loop (leases are renewed on it)."""
+    """A sleeping plain function must not stop the event loop, unless the pool says so."""
+    if pool.blocks_loop:
+        return
     ticks = 0
 
     async def ticker() -> None:

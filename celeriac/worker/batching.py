@@ -1,8 +1,15 @@
 """Coalescing writes: many coroutines hand items in, one call writes them all.
 
-``Batcher(write)`` collects what ``add()`` is given while a write is in progress and hands
-the whole lot to the next ``write(items)``. Under load, one broker or backend round trip
-carries many acks or results; when idle, an item is written at once (no timer, no delay).
+Two ways in:
+
+- ``add(item)`` queues an item to be written at the next turn of the event loop, with
+  everything else added before that turn (results: nobody waits for them, so they gather).
+- ``await submit(item)`` writes at once when no write is in progress, else waits and goes
+  with the next write (early acks: the task may not start before its ack is written, and
+  whatever piles up while one write is in flight goes out together in the next).
+
+Under load one broker or backend round trip carries many acks or results; when idle an item
+is written at once (no timer, no delay).
 """
 
 from __future__ import annotations
@@ -22,41 +29,56 @@ class Batcher(Generic[T]):
         self._name = name
         self._pending: list[T] = []
         self._waiters: list[asyncio.Future[None]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._writing = False
+        self._scheduled: asyncio.Task[None] | None = None
 
-    def add(self, item: T) -> asyncio.Future[None]:
-        """Queue ``item``; the returned future resolves once it is written."""
+    def add(self, item: T) -> None:
+        """Queue ``item`` for the next turn of the loop; errors are logged."""
         self._pending.append(item)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        return fut
+        if self._scheduled is None and not self._writing:
+            self._scheduled = asyncio.get_running_loop().create_task(self._drain())
 
-    async def _run(self) -> None:
+    async def submit(self, item: T) -> None:
+        """Write ``item`` (with whatever else is pending) and return once it is written."""
+        self._pending.append(item)
+        if self._writing:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            await fut
+            return
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Write until nothing is pending; the caller is the one writer meanwhile."""
+        self._writing = True
         try:
             while self._pending:
                 items, self._pending = self._pending, []
                 waiters, self._waiters = self._waiters, []
                 try:
                     await self._write(items)
-                except Exception as exc:  # reported to every waiter; the worker decides
+                except Exception as exc:
                     log.error("writing %d %s failed: %s", len(items), self._name, exc)
                     for fut in waiters:
                         if not fut.done():
                             fut.set_exception(exc)
-                            fut.exception()  # mark retrieved: waiters may not await it
-                    continue
+                    if asyncio.current_task() is self._scheduled:
+                        continue
+                    raise
                 for fut in waiters:
                     if not fut.done():
                         fut.set_result(None)
         finally:
-            self._task = None
+            self._writing = False
+            if asyncio.current_task() is self._scheduled:
+                self._scheduled = None
 
     def __len__(self) -> int:
         return len(self._pending)
 
     async def flush(self) -> None:
-        """Wait until everything added so far is written."""
-        while self._task is not None:
-            await asyncio.shield(self._task)
+        """Write everything added so far."""
+        while self._scheduled is not None:
+            await asyncio.shield(self._scheduled)
+        if self._pending and not self._writing:
+            await self._drain()

@@ -41,6 +41,7 @@ from celeriac.task import Task
 from celeriac.worker import followups
 from celeriac.worker.batching import Batcher
 from celeriac.worker.execute import Outcome
+from celeriac.worker.leases import LeaseKeeper
 
 log = logging.getLogger("celeriac.worker")
 
@@ -114,13 +115,14 @@ class Worker:
                 loop.add_signal_handler(sig, self.request_stop)
         runners = [loop.create_task(self._runner()) for _ in range(self.pool.concurrency)]
         consumer = loop.create_task(self._consume())
-        renewer = loop.create_task(self._renew_leases())
+        keeper = LeaseKeeper(self.app, self._held_now, self.lease)
+        keeper.start()
         log.info("%s ready: queues %s, pool %s x%d, prefetch %d",
                  self.hostname, ",".join(self.queues), self.pool.name, self.pool.concurrency,
                  self.prefetch)
         self._started.set()
         await self._stopped.wait()
-        code = await self._shutdown(consumer, runners, renewer)
+        code = await self._shutdown(consumer, runners, keeper)
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -139,8 +141,7 @@ class Worker:
         self._stopped.set()
 
     async def _shutdown(
-        self, consumer: asyncio.Task[None], runners: list[asyncio.Task[None]],
-        renewer: asyncio.Task[None],
+        self, consumer: asyncio.Task[None], runners: list[asyncio.Task[None]], keeper: LeaseKeeper
     ) -> int:
         self._stopping = True
         consumer.cancel()
@@ -165,9 +166,7 @@ class Worker:
         with contextlib.suppress(Exception):
             await self.results.flush()
             await self.acks.flush()
-        renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewer
+        await asyncio.to_thread(keeper.stop)
         await self.app.aclose()
         if clean:
             await self.pool.stop()
@@ -194,9 +193,10 @@ class Worker:
     # ---- consuming ----------------------------------------------------------------------
     async def _consume(self) -> None:
         backoff = 0.1
+        refill_at = max(1, self.prefetch // 2)  # fetch in batches, not one message at a time
         while not self._stopping:
             room = self.prefetch - self._reserved
-            if room <= 0:
+            if room <= 0 or (room < refill_at and not self._ready.empty()):
                 self._room.clear()
                 await self._room.wait()
                 continue
@@ -217,15 +217,9 @@ class Worker:
         self._reserved -= count
         self._room.set()
 
-    async def _renew_leases(self) -> None:
-        interval = max(0.05, self.lease / 3)
-        while True:
-            await asyncio.sleep(interval)
-            if self._held:
-                try:
-                    await self.broker.renew(list(self._held.values()))
-                except BrokerError as exc:
-                    log.error("renewing leases failed: %s", exc)
+    def _held_now(self) -> list[Delivery]:
+        """The messages held right now (called from the lease keeper's thread)."""
+        return list(self._held.copy().values())
 
     # ---- processing ---------------------------------------------------------------------
     async def _runner(self) -> None:
@@ -268,12 +262,13 @@ class Worker:
         conf = self.app.conf
         acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
         if not acks_late:
-            await self.acks.add(delivery)
+            await self.acks.submit(delivery)
         ctx = self._context(msg, delivery)
         track = conf.task_track_started if task.track_started is None else task.track_started
         if track and not msg.ignore_result:
-            self.results.add((make_meta(msg.id, states.STARTED,
-                                        {"pid": os.getpid(), "hostname": self.hostname}), None))
+            # written before the task starts: the solo pool holds the loop while it runs
+            await self.results.submit((make_meta(
+                msg.id, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}), None))
         outcome = await self.pool.execute(task, ctx)
         await self._settle(delivery, msg, task, outcome, acks_late)
 
@@ -377,7 +372,7 @@ class Worker:
             queue=delivery.queue, envelope=delivery.envelope, priority=delivery.priority,
             not_before=eta,
         )])
-        await self.acks.add(delivery)
+        await self.acks.submit(delivery)
 
     # ---- writing ------------------------------------------------------------------------
     async def _write_acks(self, deliveries: list[Delivery]) -> None:
