@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers.base import Broker
 from celeriac.config import Config
-from celeriac.errors import ConfigurationError, NotRegistered
+from celeriac.errors import BrokerConnectionError, ConfigurationError, NotRegistered
 from celeriac.message import Outgoing, TaskMessage
 from celeriac.protocol import encode_task
 from celeriac.routing import ROUTE_KEYS, compile_routes, is_static_router, resolve_route
@@ -414,9 +414,36 @@ class Celeriac:
 
         task = options.pop("task", None)
         message, outgoing = self.prepare(name, args, kwargs, task=task, **options)
-        broker = (await self.resources()).broker
-        await broker.publish([outgoing])
+        await self.publish([outgoing], options.get("retry"), options.get("retry_policy"))
         return AsyncResult(message.id, app=self, task_name=name)
+
+    async def publish(
+        self, messages: list[Outgoing], retry: bool | None = None,
+        retry_policy: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish, retrying connection failures per ``task_publish_retry_policy``; then
+        raise ``BrokerConnectionError`` naming the attempts made."""
+        conf = self.conf
+        if retry is None:
+            retry = conf.task_publish_retry
+        policy = {**(conf.task_publish_retry_policy or {}), **(retry_policy or {})}
+        max_retries = policy.get("max_retries", 3)
+        start = float(policy.get("interval_start", 0))
+        step = float(policy.get("interval_step", 0.2))
+        most = float(policy.get("interval_max", 0.2))
+        attempt = 0
+        while True:
+            try:
+                broker = (await self.resources()).broker
+                await broker.publish(messages)
+                return
+            except BrokerConnectionError as exc:
+                if not retry or (max_retries is not None and attempt >= max_retries):
+                    raise BrokerConnectionError(
+                        f"publishing failed after {attempt + 1} attempt(s): {exc}"
+                    ) from exc
+                await asyncio.sleep(min(most, start + attempt * step))
+                attempt += 1
 
     def send_task(
         self,
@@ -441,8 +468,7 @@ class Celeriac:
             )
             ids.append((message.id, sig.task))
             outgoing.append(out)
-        broker = (await self.resources()).broker
-        await broker.publish(outgoing)
+        await self.publish(outgoing)
         return [AsyncResult(task_id, app=self, task_name=name) for task_id, name in ids]
 
     def send_many(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:

@@ -93,3 +93,42 @@ def basic_app(db_url: str) -> Iterator[object]:
     basic.app.conf.result_backend = db_url
     yield basic
     basic.app.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """The URL of a Redis for this test session (a private one unless given by env)."""
+    given = os.environ.get("CELERIAC_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    from tests.services import RedisServer
+
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """A Redis URL with a clean database for one test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    client.close()
+    yield redis_server
+
+
+@pytest.fixture
+def private_redis() -> Iterator[object]:
+    """A Redis of this test's own, for tests that kill or restart it."""
+    from tests.services import RedisServer
+
+    server = RedisServer(appendonly=True)
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()

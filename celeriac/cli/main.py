@@ -111,6 +111,12 @@ def worker(state: State, pool: str, concurrency: int | None, queues: str | None,
     w = Worker(app, the_pool, queues=queue_list, prefetch_multiplier=prefetch_multiplier,
                hostname=hostname, shutdown_timeout=shutdown_timeout)
     code = asyncio.run(w.run())
+    if code != 0:
+        # Tasks may still hold pool threads; do not wait for them at interpreter exit.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
 
 

@@ -94,7 +94,7 @@ def run_sync_task(task: Task[Any, Any], ctx: Context) -> Outcome:
         value = task.run(*ctx.args, **ctx.kwargs)
         outcome = Outcome(states.SUCCESS, value)
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
+        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit, cold shutdown
             raise
         outcome = classify(task, exc, ctx)
     finally:
@@ -120,7 +120,7 @@ async def run_async_task(task: Task[Any, Any], ctx: Context, hard_limit: float |
             raise
         outcome = Outcome(states.SUCCESS, value)
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
+        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit, cold shutdown
             raise
         outcome = classify(task, exc, ctx)
     finally:

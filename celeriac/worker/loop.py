@@ -49,6 +49,10 @@ log = logging.getLogger("celeriac.worker")
 ETA_SLACK = 0.05
 
 
+class ColdShutdown(BaseException):  # noqa: N818 - not an error: an order
+    """Raised inside a task that holds the loop (solo pool) by a second stop signal."""
+
+
 def expand_hostname(name: str | None) -> str:
     """``-n`` as Celery reads it: ``%h`` host, ``%n`` host name part, ``%d`` domain part."""
     host = socket.gethostname()
@@ -110,9 +114,7 @@ class Worker:
         )
         await self.pool.start()
         loop = asyncio.get_running_loop()
-        if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop)
+        previous = self._install_signals(loop) if install_signals else {}
         runners = [loop.create_task(self._runner()) for _ in range(self.pool.concurrency)]
         consumer = loop.create_task(self._consume())
         keeper = LeaseKeeper(self.app, self._held_now, self.lease)
@@ -123,10 +125,27 @@ class Worker:
         self._started.set()
         await self._stopped.wait()
         code = await self._shutdown(consumer, runners, keeper)
-        if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         return code
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> dict[int, Any]:
+        """SIGTERM/SIGINT: the first asks for a warm shutdown, the second for a cold one.
+
+        Plain Python handlers (not the loop's), because on the solo pool a task holds the
+        loop: a second signal must still be able to interrupt that task.
+        """
+        signals = 0
+
+        def on_signal(signum: int, frame: Any) -> None:
+            nonlocal signals
+            signals += 1
+            cold = signals > 1
+            loop.call_soon_threadsafe(self.request_stop)
+            if cold and self.pool.blocks_loop and self.pool.stats()["running"]:
+                raise ColdShutdown(f"signal {signum}")
+
+        return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def request_stop(self) -> None:
         """First call: warm shutdown. Second call: cold shutdown."""
@@ -166,6 +185,7 @@ class Worker:
         with contextlib.suppress(Exception):
             await self.results.flush()
             await self.acks.flush()
+        await self._give_back_interrupted()
         await asyncio.to_thread(keeper.stop)
         await self.app.aclose()
         if clean:
@@ -189,6 +209,21 @@ class Worker:
             except BrokerError as exc:
                 log.error("could not give back %d message(s) (they return after their "
                           "lease): %s", len(unstarted), exc)
+
+    async def _give_back_interrupted(self) -> None:
+        """Messages still held once the writes are flushed belong to tasks that did not
+        finish (cold shutdown, grace period over): under acks_late they go back now rather
+        than after their lease."""
+        interrupted = self._held_now()
+        if not interrupted:
+            return
+        self._held.clear()
+        try:
+            await self.broker.requeue(interrupted)
+            log.warning("gave back %d message(s) of interrupted task(s)", len(interrupted))
+        except BrokerError as exc:
+            log.error("could not give back %d message(s) (they return after their lease): %s",
+                      len(interrupted), exc)
 
     # ---- consuming ----------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -229,8 +264,8 @@ class Worker:
                 return
             try:
                 await self._process(delivery)
-            except asyncio.CancelledError:
-                raise
+            except (asyncio.CancelledError, ColdShutdown):
+                return
             except Exception:
                 log.exception("internal error while processing a message; giving it back")
                 self._held.pop(id(delivery), None)

@@ -281,3 +281,25 @@ def test_idle_worker_costs_almost_no_cpu_and_wakes_at_once(
         time.sleep(0.05)
     delays.sort()
     assert delays[len(delays) // 2] < 0.1, delays
+
+
+@pytest.mark.parametrize("pool", ["solo", "threads"])
+def test_second_signal_is_a_cold_shutdown(
+    basic_app: Any, start_worker: Any, tmp_path: Path, pool: str
+) -> None:
+    marker = tmp_path / "runs"
+    worker = start_worker("-P", pool, "--shutdown-timeout", "60")
+    res = basic_app.sleep_late.delay(30.0, str(marker))
+    wait_until(marker.exists)
+    started = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(10) == 1
+    assert time.monotonic() - started < 10  # did not wait for the 30 s task
+    assert "cold shutdown" in worker.log()
+    # The interrupted acks_late message went back at once, not after its 30 s lease.
+    basic_app.sleep_late.delay(0.0)  # something quick queued behind it
+    start_worker("-P", "threads", "-c", "2")
+    wait_until(lambda: len(marker.read_text().split()) == 2, 10)
+    assert res.state in (states.PENDING, states.STARTED)

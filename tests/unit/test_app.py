@@ -248,3 +248,26 @@ def test_public_names_are_pinned() -> None:
     }
     for name in celeriac.__all__:
         assert hasattr(celeriac, name)
+
+
+def test_publish_retries_then_raises_a_clear_error(tmp_path: Any) -> None:
+    """A broker that cannot be reached: retried per retry_policy, then one clear error."""
+    import time
+
+    from celeriac.errors import BrokerConnectionError
+
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the database's directory should be")
+    url = f"sqlite:///{blocked}/db.sqlite3"
+    app = Celeriac("dead", broker=url, backend="memory://dead", set_as_current=False)
+
+    @app.task
+    def f() -> None: ...
+
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError):
+        f.apply_async(retry_policy={"max_retries": 2, "interval_start": 0.05,
+                                    "interval_step": 0.05, "interval_max": 0.1})
+    assert time.monotonic() - started >= 0.1  # it waited between its attempts
+    with pytest.raises(BrokerConnectionError):
+        f.apply_async(retry=False)
