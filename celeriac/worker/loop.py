@@ -49,7 +49,7 @@ log = logging.getLogger("celeriac.worker")
 ETA_SLACK = 0.05
 
 
-class ColdShutdown(BaseException):  # noqa: N818 - not an error: an order
+class ColdShutdown(BaseException):
     """Raised inside a task that holds the loop (solo pool) by a second stop signal."""
 
 
