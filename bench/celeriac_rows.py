@@ -39,7 +39,7 @@ from pathlib import Path
 from bench import tasks
 from bench.common import FIRST_MARK, LAST_MARK, ROOT, Params, Proc, Samples, percentile, read_mark, wait_until
 from celeriac.errors import TimeoutError as ResultTimeout
-from celeriac.pools.threads import SoloPool
+from celeriac.pools.solo import SoloPool
 from celeriac.result import AsyncResult
 from celeriac.utils.sync import run_sync
 from celeriac.worker.loop import Worker

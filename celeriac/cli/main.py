@@ -93,7 +93,7 @@ def worker(state: State, pool: str, concurrency: int | None, queues: str | None,
            hostname: str | None, loglevel: str, prefetch_multiplier: int | None,
            shutdown_timeout: float | None) -> None:
     """Start a worker."""
-    from celeriac.pools.threads import pool_from_name
+    from celeriac.pools import pool_from_name
     from celeriac.worker.loop import Worker
 
     logging.basicConfig(

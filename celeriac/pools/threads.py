@@ -1,9 +1,8 @@
-"""Pools on threads: ``threads`` (N threads) and, built on it, ``solo`` and ``asyncio``.
+"""``-P threads -c N``: N tasks at once, plain functions on N threads.
 
-Plain functions run on the pool's threads, so the event loop stays free to fetch, renew
-leases and store results while they run. ``async def`` tasks run on the loop itself, cut off
-at their hard time limit. A thread cannot be killed: a plain task past its hard limit is
-reported by the worker and keeps its thread until it returns.
+Plain functions run on the pool's threads, so the event loop stays free to fetch and store
+results while they run. ``async def`` tasks run on the loop itself, cut off at their hard
+time limit. A thread cannot be killed: a plain function past its hard time limit runs on.
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ if TYPE_CHECKING:
 
 
 class ThreadPool:
-    """``-P threads -c N``: N tasks at once, plain functions on N threads."""
-
     name = "threads"
     blocks_loop = False
 
@@ -52,59 +49,3 @@ class ThreadPool:
     def stats(self) -> dict[str, Any]:
         return {"pool": self.name, "max-concurrency": self.concurrency, "running": self.running,
                 "threads": self.threads}
-
-
-class SoloPool(ThreadPool):
-    """``-P solo``: one task at a time, run right on the worker's event loop.
-
-    No thread hop: the fastest pool for short tasks. While a plain function runs, the loop
-    waits for it (leases are still renewed, from the lease keeper's own thread).
-    """
-
-    name = "solo"
-    blocks_loop = True
-
-    def __init__(self, concurrency: int = 1) -> None:
-        super().__init__(1)
-
-    async def start(self) -> None:
-        pass
-
-    async def execute(self, task: Task[Any, Any], ctx: Context) -> Outcome:
-        self.running += 1
-        try:
-            if task.is_async:
-                return await run_async_task(task, ctx, ctx.timelimit[0])
-            return run_sync_task(task, ctx)
-        finally:
-            self.running -= 1
-
-
-class AsyncioPool(ThreadPool):
-    """``-P asyncio -c N``: up to N tasks at once; ``async def`` tasks run natively on the
-    loop, plain functions on a few threads so they never block it."""
-
-    name = "asyncio"
-
-    def __init__(self, concurrency: int) -> None:
-        super().__init__(concurrency, threads=min(max(1, int(concurrency)), 32))
-
-
-POOLS: dict[str, type[ThreadPool]] = {"threads": ThreadPool, "solo": SoloPool, "asyncio": AsyncioPool}
-
-
-def pool_from_name(name: str, concurrency: int) -> ThreadPool:
-    """The pool named ``name`` (the CLI's ``-P``)."""
-    from celeriac.errors import ConfigurationError
-
-    try:
-        cls = POOLS[name]
-    except KeyError:
-        if name in ("prefork", "processes", "gevent", "eventlet"):
-            raise ConfigurationError(
-                f"the {name} pool is not available yet; use -P solo, threads or asyncio"
-            ) from None
-        raise ConfigurationError(
-            f"unknown pool {name!r}; choose one of: {', '.join(sorted(POOLS))}"
-        ) from None
-    return cls(concurrency)

@@ -6,8 +6,10 @@ from collections.abc import Callable
 
 import pytest
 
+from celeriac.pools.aio import AsyncioPool
 from celeriac.pools.base import Pool
-from celeriac.pools.threads import AsyncioPool, SoloPool, ThreadPool
+from celeriac.pools.solo import SoloPool
+from celeriac.pools.threads import ThreadPool
 from celeriac.testing.pool_kit import POOL_CHECKS, PoolCheck, run_pool_check
 
 POOLS: dict[str, Callable[[], Pool]] = {

@@ -191,7 +191,7 @@ async def test_async_api_round_trip_in_process(app: Celeriac) -> None:
     """adelay / aget with an in-process worker on the memory broker."""
     import asyncio
 
-    from celeriac.pools.threads import AsyncioPool
+    from celeriac.pools.aio import AsyncioPool
     from celeriac.worker.loop import Worker
 
     @app.task
