@@ -25,6 +25,7 @@ from celeriac.backends._common import (
 )
 from celeriac.backends.base import Meta
 from celeriac.errors import ConfigurationError
+from celeriac.utils.stores import NamedStores
 
 
 @dataclass(slots=True)
@@ -47,16 +48,7 @@ class _Store:
     waiters: dict[str, dict[asyncio.Future[bytes], asyncio.AbstractEventLoop]] = field(default_factory=dict)
 
 
-_stores: dict[str, _Store] = {}
-_stores_lock = threading.Lock()
-
-
-def _store_for(name: str) -> _Store:
-    with _stores_lock:
-        store = _stores.get(name)
-        if store is None:
-            store = _stores[name] = _Store()
-        return store
+_stores: NamedStores[_Store] = NamedStores(_Store)
 
 
 def _resolve(fut: asyncio.Future[bytes], blob: bytes) -> None:
@@ -74,7 +66,7 @@ class MemoryBackend:
         self.url = url
         self.expires = check_expires(expires)
         self.options = options
-        self._store = _store_for(name)
+        self._store = _stores.get(name)
 
     def __repr__(self) -> str:
         return f"<MemoryBackend {self.url}>"

@@ -39,6 +39,7 @@ from celeriac.brokers._common import (
 from celeriac.brokers.base import DEFAULT_LEASE_SECONDS
 from celeriac.errors import BrokerConnectionError, ConfigurationError
 from celeriac.message import Delivery, Envelope, Outgoing
+from celeriac.utils.stores import NamedStores
 
 READY, DELAYED, LEASED = 0, 1, 2
 
@@ -169,22 +170,12 @@ class _Store:
                 waiter.wake(current)
 
 
-_stores: dict[str, _Store] = {}
-_stores_lock = threading.Lock()
-
-
-def _store_for(name: str) -> _Store:
-    with _stores_lock:
-        store = _stores.get(name)
-        if store is None:
-            store = _stores[name] = _Store()
-        return store
+_stores: NamedStores[_Store] = NamedStores(_Store)
 
 
 def forget_stores() -> None:
     """Drop every in-process store (for test suites that want a clean slate)."""
-    with _stores_lock:
-        _stores.clear()
+    _stores.clear()
 
 
 def _name_from_url(url: str) -> str:
@@ -221,7 +212,7 @@ class MemoryBroker:
         self.lease_seconds = positive_seconds(
             opts["lease_seconds"], "lease_seconds", "MemoryBroker"
         )
-        self._store = _store_for(self.name)
+        self._store = _stores.get(self.name)
         self._closed = False
 
     def __repr__(self) -> str:
