@@ -374,7 +374,13 @@ class Worker:
             log.warning("Task %s[%s] rejected (already acked): %s", msg.task, msg.id, reject.reason)
             return
         self._held.pop(id(delivery), None)
-        if reject.requeue:
+        limit = int(self.app.conf.get("worker_max_deliveries") or 0)
+        if reject.requeue and limit and delivery.deliveries >= limit:
+            log.warning("Task %s[%s] rejected for the %d-th time: dead-lettered instead of "
+                        "requeued", msg.task, msg.id, delivery.deliveries)
+            await self.broker.dead_letter(
+                delivery, f"rejected and requeued {delivery.deliveries} times: {reject.reason}")
+        elif reject.requeue:
             log.info("Task %s[%s] rejected and requeued: %s", msg.task, msg.id, reject.reason)
             await self.broker.requeue([delivery])
         else:

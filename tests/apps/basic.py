@@ -120,3 +120,11 @@ def record_errback(failed_task_id: str, path: str) -> str:
     """An errback: called with the failed task's id first."""
     Path(path).write_text(failed_task_id)
     return failed_task_id
+
+
+@app.task(bind=True)
+def ignore_me(self, path: str) -> None:  # type: ignore[no-untyped-def]
+    from celeriac import Ignore
+
+    Path(path).write_text("ran")
+    raise Ignore()

@@ -185,6 +185,19 @@ def test_reject_dead_letters_or_requeues(basic_app: Any, start_worker: Any) -> N
     start_worker("-P", "solo")
     basic_app.reject_me.delay(False)
     wait_until(lambda: any("rejected by the task" in r for _, r in dead_letters(basic_app.app)))
+    # A task that rejects with requeue=True again and again is not requeued forever.
+    basic_app.reject_me.delay(True)
+    wait_until(lambda: any("rejected and requeued 3 times" in r
+                           for _, r in dead_letters(basic_app.app)))
+
+
+def test_ignore_records_nothing(basic_app: Any, start_worker: Any, tmp_path: Path) -> None:
+    start_worker("-P", "solo")
+    marker = tmp_path / "ignored"
+    res = basic_app.ignore_me.delay(str(marker))
+    wait_until(marker.exists)
+    assert basic_app.add.delay(1, 1).get(timeout=10) == 2
+    assert res.state == states.PENDING
 
 
 def test_bound_request(basic_app: Any, start_worker: Any) -> None:
