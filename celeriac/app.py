@@ -15,7 +15,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -24,7 +24,7 @@ from celeriac.brokers.base import Broker
 from celeriac.config import Config
 from celeriac.errors import BrokerConnectionError, ConfigurationError, NotRegistered
 from celeriac.message import Outgoing, TaskMessage
-from celeriac.protocol import encode_task
+from celeriac.protocol import encode_many, encode_task
 from celeriac.routing import ROUTE_KEYS, compile_routes, is_static_router, resolve_route
 from celeriac.task import SEND_OPTIONS, TASK_OPTIONS, check_options, make_task
 from celeriac.task import Task as BaseTask
@@ -456,20 +456,53 @@ class Celeriac:
         return run_sync(self.asend_task(name, args, kwargs, **options))
 
     async def asend_many(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:
-        """Send many calls in one broker round trip (batched publish)."""
+        """Send many calls in one broker round trip (batched publish).
+
+        Consecutive calls of one task without options of their own share their headers
+        (``protocol.encode_many``): the fast path of ``[task.s(i) for i in ...]``.
+        """
         from celeriac.result import AsyncResult
 
+        sigs = list(signatures)
         ids: list[tuple[str, str]] = []
         outgoing: list[Outgoing] = []
-        for sig in signatures:
-            message, out = self.prepare(
-                sig.task, sig.args, sig.kwargs, task=self.tasks.get(sig.task),
-                **_send_options(sig.options),
-            )
-            ids.append((message.id, sig.task))
-            outgoing.append(out)
+        i = 0
+        while i < len(sigs):
+            sig = sigs[i]
+            j = i + 1
+            if not sig["options"]:
+                while j < len(sigs) and not sigs[j]["options"] and sigs[j]["task"] == sig.task:
+                    j += 1
+            if j - i == 1:
+                message, out = self.prepare(sig.task, sig["args"], sig["kwargs"],
+                                            task=self.tasks.get(sig.task),
+                                            **_send_options(sig["options"]))
+                ids.append((message.id, sig.task))
+                outgoing.append(out)
+            else:
+                self._prepare_run(sig.task, sigs[i:j], ids, outgoing)
+            i = j
         await self.publish(outgoing)
         return [AsyncResult(task_id, app=self, task_name=name) for task_id, name in ids]
+
+    def _prepare_run(self, name: str, run: list[Signature], ids: list[tuple[str, str]],
+                     outgoing: list[Outgoing]) -> None:
+        """Calls of one task with the same (default) options, encoded from one template."""
+        task = self.tasks.get(name)
+        first, template = self.prepare(name, run[0]["args"], run[0]["kwargs"], task=task)
+        calls = [(new_id(), sig["args"], sig["kwargs"]) for sig in run[1:]]
+        envelopes = encode_many(
+            replace(first, root_id=None), calls,
+            serializer=(task.serializer if task else None) or self.conf.task_serializer,
+            compression=(task.compression if task else None) or self.conf.task_compression,
+        )
+        ids.append((first.id, name))
+        outgoing.append(template)
+        for (task_id, _, _), envelope in zip(calls, envelopes, strict=True):
+            ids.append((task_id, name))
+            outgoing.append(Outgoing(template.queue, envelope, template.priority,
+                                     template.not_before, template.exchange,
+                                     template.routing_key))
 
     def send_many(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:
         return run_sync(self.asend_many(signatures))

