@@ -2,6 +2,7 @@
 
     CeleriacError
     ├── ConfigurationError           a wrong setting name, type or value (also ImproperlyConfigured)
+    │   └── MissingExtra             a broker/backend whose pip extra is not installed
     ├── NotRegistered                a task name the app does not know (also a KeyError)
     ├── TaskError
     │   ├── Retry                    raised by Task.retry(): the task will run again
@@ -38,6 +39,10 @@ class ConfigurationError(CeleriacError, ValueError):
 
 
 ImproperlyConfigured = ConfigurationError
+
+
+class MissingExtra(ConfigurationError, ImportError):
+    """A URL names a broker or backend whose optional dependencies are not installed."""
 
 
 class NotRegistered(CeleriacError, KeyError):

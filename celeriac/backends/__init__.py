@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 from celeriac.backends.base import Meta, ResultBackend
-from celeriac.errors import ConfigurationError
+from celeriac.errors import ConfigurationError, MissingExtra
 
 __all__ = ["BACKENDS", "Meta", "ResultBackend", "backend_from_url"]
 
@@ -55,7 +55,7 @@ def backend_from_url(url: str | None, **options: Any) -> ResultBackend | None:
                 f"the {scheme}:// result backend is not available in this version of celeriac"
             ) from exc
         hint = f"pip install 'celeriac[{extra}]'" if extra else "a missing dependency"
-        raise ConfigurationError(
+        raise MissingExtra(
             f"the {scheme}:// result backend needs the {exc.name!r} module: {hint}"
         ) from exc
     cls = getattr(module, class_name)

@@ -12,7 +12,7 @@ import importlib
 from typing import Any
 
 from celeriac.brokers.base import DEFAULT_LEASE_SECONDS, Broker
-from celeriac.errors import ConfigurationError
+from celeriac.errors import ConfigurationError, MissingExtra
 
 __all__ = ["BROKER_CLASSES", "Broker", "DEFAULT_LEASE_SECONDS", "broker_from_url"]
 
@@ -22,6 +22,8 @@ BROKER_CLASSES: dict[str, str] = {
     "sqlite": "celeriac.brokers.sqlite:SQLiteBroker",
     "redis": "celeriac.brokers.redis:RedisBroker",
     "rediss": "celeriac.brokers.redis:RedisBroker",
+    "redis+socket": "celeriac.brokers.redis:RedisBroker",
+    "unix": "celeriac.brokers.redis:RedisBroker",
     "amqp": "celeriac.brokers.amqp:AMQPBroker",
     "amqps": "celeriac.brokers.amqp:AMQPBroker",
     "pyamqp": "celeriac.brokers.amqp:AMQPBroker",
@@ -31,6 +33,8 @@ BROKER_CLASSES: dict[str, str] = {
 EXTRAS: dict[str, str] = {
     "redis": "redis",
     "rediss": "redis",
+    "redis+socket": "redis",
+    "unix": "redis",
     "amqp": "amqp",
     "amqps": "amqp",
     "pyamqp": "amqp",
@@ -64,10 +68,9 @@ def broker_class(url: str) -> type[Any]:
         extra = EXTRAS.get(scheme)
         if extra is None:
             raise
-        raise ImportError(
+        raise MissingExtra(
             f"the {scheme}:// broker needs the {extra!r} extra, which is not installed: "
-            f"pip install 'celeriac[{extra}]' ({exc})",
-            name=exc.name,
+            f"pip install 'celeriac[{extra}]' ({exc})"
         ) from exc
     cls: type[Any] = getattr(module, class_name)
     return cls

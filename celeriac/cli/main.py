@@ -16,6 +16,7 @@ import orjson
 from celeriac import __version__
 from celeriac.app import Celeriac
 from celeriac.cli.app_loader import find_app
+from celeriac.config import redact_url
 from celeriac.errors import CeleriacError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -110,6 +111,16 @@ def worker(state: State, pool: str, concurrency: int | None, queues: str | None,
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     w = Worker(app, the_pool, queues=queue_list, prefetch_multiplier=prefetch_multiplier,
                hostname=hostname, shutdown_timeout=shutdown_timeout)
+    user_tasks = sorted(name for name in app.tasks if not name.startswith("celeriac."))
+    click.echo(
+        f"celeriac {__version__} worker {w.hostname}\n"
+        f"  broker:  {redact_url(app.conf.broker_url or 'sqlite://')}\n"
+        f"  results: {redact_url(app.conf.result_backend or 'sqlite://')}\n"
+        f"  pool:    {the_pool.name} x{the_pool.concurrency}, prefetch {w.prefetch}\n"
+        f"  queues:  {', '.join(w.queues)}\n"
+        f"  tasks:   {', '.join(user_tasks) or '(none registered)'}",
+        err=True,
+    )
     code = asyncio.run(w.run())
     if code != 0:
         # Tasks may still hold pool threads; do not wait for them at interpreter exit.
