@@ -218,14 +218,21 @@ class Celeriac:
         broker = broker_from_url(
             conf.broker_url or DEFAULT_URL, **dict(conf.broker_transport_options or {})
         )
+        adopt = getattr(broker, "adopt_settings", None)
+        if adopt is not None:  # brokers that declare topology (AMQP) read task_queues
+            adopt(conf)
         backend_url = conf.result_backend
         if backend_url is None:
             backend_url = DEFAULT_URL
         backend = backend_from_url(
             backend_url,
             expires=_seconds(conf.result_expires),
+            serializer=conf.result_serializer,
             **dict(conf.result_backend_transport_options or {}),
         )
+        adopt_app = getattr(backend, "adopt_app", None)
+        if adopt_app is not None:  # rpc:// needs the broker URL and the app's reply queue (oid)
+            adopt_app(self)
         return LoopResources(broker, backend)
 
     async def resources(self) -> LoopResources:

@@ -21,6 +21,7 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
     "sqlite": ("celeriac.backends.sqlite:SQLiteBackend", None),
     "redis": ("celeriac.backends.redis:RedisBackend", "redis"),
     "rediss": ("celeriac.backends.redis:RedisBackend", "redis"),
+    "unix": ("celeriac.backends.redis:RedisBackend", "redis"),
     "rpc": ("celeriac.backends.rpc:RPCBackend", "amqp"),
     "db": ("celeriac.backends.sql:SQLBackend", "sql"),
     "cache": ("celeriac.backends.memcached:MemcachedBackend", "memcached"),

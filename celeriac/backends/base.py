@@ -53,4 +53,8 @@ class ResultBackend(Protocol):
         """Delete the metas of ``task_ids``."""
 
     async def expire(self) -> int:
-        """Delete the metas whose expiry has passed; return how many."""
+        """Delete the metas whose expiry has passed; return how many.
+
+        A backend whose server expires keys by itself (Redis) returns 0 and has the class
+        attribute ``expires_itself = True``.
+        """

@@ -419,7 +419,8 @@ async def check_forget(make: BackendFactory) -> None:
 @_check()
 async def check_expiry(make: BackendFactory) -> None:
     """After ``expires`` seconds a meta reads as missing (and counts as absent for a new
-    state); ``expire()`` deletes the expired metas and says how many."""
+    state); ``expire()`` deletes the expired metas and says how many (0 for a backend whose
+    server expires keys itself and says so with ``expires_itself = True``)."""
     async with _opened(make, expires=0.2) as backend, _opened(make, expires=None) as lasting:
         a, b, c = (celery_meta(_new_id(), states.SUCCESS, n) for n in range(3))
         forever = celery_meta(_new_id(), states.SUCCESS, "kept")
@@ -432,7 +433,10 @@ async def check_expiry(make: BackendFactory) -> None:
         assert await backend.wait(b["task_id"], 0.05) is None
         await backend.store([_started(c["task_id"])])
         assert await _status(backend, c["task_id"]) == states.STARTED
-        assert await backend.expire() >= 2
+        if getattr(backend, "expires_itself", False):
+            assert await backend.expire() == 0  # the server deleted them: nothing left to do
+        else:
+            assert await backend.expire() >= 2
         assert await backend.expire() == 0
         assert await backend.get(forever["task_id"]) == forever
         assert await lasting.expire() == 0
