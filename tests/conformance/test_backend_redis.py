@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-
 import pytest
 
-from celeriac import states
-from celeriac.testing.backend_kit import BackendFactory, backend_suite, celery_meta
+from celeriac.testing.backend_kit import backend_suite
 
 _Suite = backend_suite("redis://unused")
 
