@@ -48,9 +48,12 @@ Say = Callable[[str], None]
 app = tasks.app
 
 
-def worker_command(loglevel: str = "warning") -> list[str]:
+SOLO = ["-P", "solo"]
+
+
+def worker_command(loglevel: str = "warning", pool: list[str] | None = None) -> list[str]:
     return [sys.executable, "-m", "celeriac.cli.main", "-A", "bench.tasks", "worker",
-            "-P", "solo", "-l", loglevel]
+            *(pool or SOLO), "-l", loglevel]
 
 
 def configure(broker: str, backend: str) -> None:
@@ -123,13 +126,13 @@ def _wait_result(task_id: str, proc: Proc, timeout: float) -> None:
 
 
 def drain_process(broker: str, backend: str, n: int, batch: int, results: bool,
-                  workdir: Path) -> float:
+                  workdir: Path, pool: list[str] | None = None) -> float:
     """Drain rate of one worker process over N pre-loaded tasks (see the module docstring)."""
     last_id = preload(n, batch, results)
     marks = workdir / f"marks-{uuid.uuid4().hex[:8]}"
     marks.mkdir()
     timeout = max(120.0, n / 50)
-    proc = Proc(worker_command(), workdir / f"worker-{marks.name}.log",
+    proc = Proc(worker_command(pool=pool), workdir / f"worker-{marks.name}.log",
                 env=_worker_env(broker, backend, marks, n - 1))
     try:
         if results:
@@ -147,9 +150,10 @@ def drain_process(broker: str, backend: str, n: int, batch: int, results: bool,
     return (n - 1) / (end - first)
 
 
-def round_trips(broker: str, backend: str, k: int, warmup: int, workdir: Path) -> list[float]:
+def round_trips(broker: str, backend: str, k: int, warmup: int, workdir: Path,
+                pool: list[str] | None = None) -> list[float]:
     """K sequential delay().get() latencies (ms) against one warm worker process."""
-    proc = Proc(worker_command(), workdir / f"worker-rtt-{uuid.uuid4().hex[:8]}.log",
+    proc = Proc(worker_command(pool=pool), workdir / f"worker-rtt-{uuid.uuid4().hex[:8]}.log",
                 env=_worker_env(broker, backend, None, None))
     try:
         _wait_result(tasks.noop_r.delay(-1).id, proc, 60)  # the worker is up and warm
@@ -220,12 +224,17 @@ class CeleriacRow:
     ``broker`` / ``backend`` make a URL for one run from that run's temporary directory
     (a fresh SQLite file, a fresh memory store; a server URL given on the command line).
     ``in_process``: the broker lives in this process (memory), so workers run on this
-    process's loop instead of in their own process.
+    process's loop instead of in their own process. ``pool``: the worker's pool options
+    (``-P solo`` unless given, e.g. ``["-P", "prefork", "-c", "2"]``). With more than one
+    task at a time, the last task can end a little before others still running: the drain
+    figure then is the rate up to the last task's end, and the queue is still checked empty.
     """
 
     def __init__(self, name: str, broker: Callable[[Path], str], backend: Callable[[Path], str],
-                 *, in_process: bool = False, unavailable: str | None = None) -> None:
+                 *, in_process: bool = False, unavailable: str | None = None,
+                 pool: list[str] | None = None) -> None:
         self.name = name
+        self.pool = pool
         self.broker = broker
         self.backend = backend
         self.in_process = in_process
@@ -266,7 +275,8 @@ class CeleriacRow:
                 app.close()
                 rate = asyncio.run(_drain_in_process(p.n, p.batch, results))
             else:
-                rate = drain_process(broker, backend, p.n, p.batch, results, d / figure)
+                rate = drain_process(broker, backend, p.n, p.batch, results, d / figure,
+                                     self.pool)
             samples.add(figure, rate)
         say(f"{tag}: round trips")
         broker, backend = self._urls(d / "rtt")
@@ -275,7 +285,7 @@ class CeleriacRow:
             app.close()
             lat = asyncio.run(_round_trips_in_process(p.k, p.warmup))
         else:
-            lat = round_trips(broker, backend, p.k, p.warmup, d / "rtt")
+            lat = round_trips(broker, backend, p.k, p.warmup, d / "rtt", self.pool)
         samples.add("rtt_p50", percentile(lat, 50))
         samples.add("rtt_p99", percentile(lat, 99))
 

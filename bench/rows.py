@@ -106,6 +106,10 @@ def make_rows(redis_url: str | None, amqp_url: str | None) -> dict[str, Row]:
         "celeriac-memory": CeleriacRow("celeriac memory", memory_url, memory_url,
                                        in_process=True),
         "celeriac-sqlite": CeleriacRow("celeriac sqlite", sqlite_url, sqlite_url),
+        "celeriac-sqlite-prefork1": CeleriacRow("celeriac sqlite prefork -c 1", sqlite_url,
+                                                sqlite_url, pool=["-P", "prefork", "-c", "1"]),
+        "celeriac-sqlite-prefork2": CeleriacRow("celeriac sqlite prefork -c 2", sqlite_url,
+                                                sqlite_url, pool=["-P", "prefork", "-c", "2"]),
         "celeriac-redis": CeleriacRow(
             "celeriac redis", fixed(redis_url), fixed(redis_url),
             unavailable=None if redis_url else "needs --redis-url"),

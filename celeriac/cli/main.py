@@ -88,12 +88,28 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
 @click.option("--prefetch-multiplier", type=click.IntRange(min=1))
 @click.option("--shutdown-timeout", type=float, help="Grace period of a warm shutdown, seconds.")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1),
+              help="prefork: replace a pool process after this many tasks.")
+@click.option("--max-memory-per-child", type=click.IntRange(min=1),
+              help="prefork: replace a pool process after a task leaves it above this many KiB resident.")
+@click.option("--autoscale", metavar="MAX,MIN",
+              help="prefork: grow up to MAX processes with the load, shrink to MIN when idle.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True),
+              help="Hard time limit of every task, seconds (task_time_limit).")
+@click.option("--soft-time-limit", type=click.FloatRange(min=0, min_open=True),
+              help="Soft time limit of every task, seconds (task_soft_time_limit).")
 @click.pass_obj
 @_fail_cleanly
 def worker(state: State, pool: str, concurrency: int | None, queues: str | None,
            hostname: str | None, loglevel: str, prefetch_multiplier: int | None,
-           shutdown_timeout: float | None) -> None:
+           shutdown_timeout: float | None, max_tasks_per_child: int | None,
+           max_memory_per_child: int | None, autoscale: str | None, time_limit: float | None,
+           soft_time_limit: float | None) -> None:
     """Start a worker."""
+    if pool == "gevent":  # before the app and its imports: patched sockets, sleeps, selectors
+        from celeriac.pools.gevent import patch
+
+        patch()
     from celeriac.pools import pool_from_name
     from celeriac.worker.loop import Worker
 
@@ -103,11 +119,27 @@ def worker(state: State, pool: str, concurrency: int | None, queues: str | None,
     )
     app = state.app
     app.import_modules()
+    if time_limit is not None:
+        app.conf.task_time_limit = time_limit
+    if soft_time_limit is not None:
+        app.conf.task_soft_time_limit = soft_time_limit
     if concurrency is None:
         concurrency = app.conf.worker_concurrency or (
             1 if pool == "solo" else (100 if pool == "asyncio" else os.cpu_count() or 1)
         )
-    the_pool = pool_from_name(pool, concurrency)
+    options: dict[str, Any] = {}
+    if pool in ("prefork", "processes"):
+        options = {
+            "max_tasks_per_child": max_tasks_per_child or app.conf.worker_max_tasks_per_child,
+            "max_memory_per_child": max_memory_per_child or app.conf.worker_max_memory_per_child,
+            "proc_alive_timeout": app.conf.worker_proc_alive_timeout,
+        }
+        if autoscale:
+            options["autoscale"] = _autoscale_arg(autoscale)
+    elif autoscale or max_tasks_per_child or max_memory_per_child:
+        raise click.UsageError("--autoscale, --max-tasks-per-child and --max-memory-per-child "
+                               "apply to the prefork pool (-P prefork)")
+    the_pool = pool_from_name(pool, concurrency, **options)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     w = Worker(app, the_pool, queues=queue_list, prefetch_multiplier=prefetch_multiplier,
                hostname=hostname, shutdown_timeout=shutdown_timeout)
@@ -129,6 +161,20 @@ def worker(state: State, pool: str, concurrency: int | None, queues: str | None,
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _autoscale_arg(value: str) -> tuple[int, int]:
+    """``--autoscale=10,3`` (max,min), or ``--autoscale=10`` (min 0 -> 1), as Celery reads it."""
+    try:
+        parts = [int(p) for p in value.split(",")]
+    except ValueError:
+        raise click.BadParameter("expected MAX,MIN (two integers)", param_hint="--autoscale") from None
+    if len(parts) == 1:
+        parts.append(0)
+    most, least = sorted(parts[:2], reverse=True)
+    if most < 1:
+        raise click.BadParameter("MAX must be at least 1", param_hint="--autoscale")
+    return most, least
 
 
 def _json_arg(value: str | None, kind: type, name: str) -> Any:

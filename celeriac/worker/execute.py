@@ -128,6 +128,25 @@ async def run_async_task(task: Task[Any, Any], ctx: Context, hard_limit: float |
     return _finish(task, outcome, ctx, started)
 
 
+def time_limits(task: Task[Any, Any], ctx: Context) -> tuple[float | None, float | None]:
+    """(hard, soft) in seconds for this run: the message's ``timelimit`` header, else the
+    task's options, else the ``task_time_limit`` / ``task_soft_time_limit`` settings."""
+    limits = list(ctx.timelimit or ())
+    hard = limits[0] if limits else None
+    soft = limits[1] if len(limits) > 1 else None
+    if hard is None:
+        hard = task.time_limit
+    if soft is None:
+        soft = task.soft_time_limit
+    if hard is None or soft is None:
+        conf = task._app().conf
+        if hard is None:
+            hard = conf.task_time_limit
+        if soft is None:
+            soft = conf.task_soft_time_limit
+    return (float(hard) if hard else None), (float(soft) if soft else None)
+
+
 def _timeout(seconds: float | None) -> Any:
     import asyncio
 

@@ -32,6 +32,7 @@ from celeriac.errors import (
     NotRegistered,
     ProtocolError,
     TaskRevokedError,
+    WorkerLostError,
 )
 from celeriac.message import Delivery, Outgoing, TaskMessage
 from celeriac.pools.base import Pool
@@ -297,7 +298,15 @@ class Worker:
         conf = self.app.conf
         acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
         if not acks_late:
-            await self.acks.submit(delivery)
+            try:
+                await self.acks.submit(delivery)
+            except BrokerError as exc:
+                # The ack may have landed before the connection broke (Redis killed between
+                # applying it and replying): not running the task could lose it. Run it; if the
+                # ack did not land, the message returns after its lease (at least once).
+                log.warning("ack of %s[%s] not confirmed (%s); running it anyway",
+                            msg.task, msg.id, exc)
+                self._held.pop(id(delivery), None)
         ctx = self._context(msg, delivery)
         track = conf.task_track_started if task.track_started is None else task.track_started
         if track and not msg.ignore_result:
@@ -380,6 +389,10 @@ class Worker:
                         "requeued", msg.task, msg.id, delivery.deliveries)
             await self.broker.dead_letter(
                 delivery, f"rejected and requeued {delivery.deliveries} times: {reject.reason}")
+            if isinstance(outcome.value, WorkerLostError) and not msg.ignore_result:
+                # its process died each time: the caller sees why instead of waiting forever
+                self.results.add((self._meta(msg, states.FAILURE, encode_exception(outcome.value),
+                                             outcome.traceback), None))
         elif reject.requeue:
             log.info("Task %s[%s] rejected and requeued: %s", msg.task, msg.id, reject.reason)
             await self.broker.requeue([delivery])

@@ -8,6 +8,7 @@ import pytest
 
 from celeriac.pools.aio import AsyncioPool
 from celeriac.pools.base import Pool
+from celeriac.pools.prefork import PreforkPool
 from celeriac.pools.solo import SoloPool
 from celeriac.pools.threads import ThreadPool
 from celeriac.testing.pool_kit import POOL_CHECKS, PoolCheck, run_pool_check
@@ -16,6 +17,7 @@ POOLS: dict[str, Callable[[], Pool]] = {
     "solo": SoloPool,
     "threads": lambda: ThreadPool(4),
     "asyncio": lambda: AsyncioPool(8),
+    "prefork": lambda: PreforkPool(2),
 }
 
 

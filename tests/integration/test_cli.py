@@ -74,7 +74,7 @@ def test_failure_result_is_shown(db_url: str, start_worker: Any) -> None:
         (("-A", "tests.apps.basic:nope", "call", "x"), "has no attribute 'nope'"),
         (("-A", "tests.apps.basic", "call", "tests.apps.basic.add", "--args", "[1,"), "not valid JSON"),
         (("-A", "tests.apps.basic", "call", "tests.apps.basic.add", "--args", "{}"), "must be a JSON list"),
-        (("-A", "tests.apps.basic", "worker", "-P", "prefork"), "not available yet"),
+        (("-A", "tests.apps.basic", "worker", "-P", "eventlet"), "eventlet pool is not supported"),
         (("-A", "tests.apps.basic", "--broker", "nosuch://x", "call", "tests.apps.basic.add"), "nosuch"),
     ],
 )

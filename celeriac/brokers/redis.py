@@ -1,0 +1,846 @@
+"""The Redis broker: kombu's layout on the wire, celeriac's leases underneath.
+
+**What Celery sees** (byte-compatible with kombu 5, so Celery 5 and celeriac share one Redis):
+
+- A queue is a list named after the queue. Producers ``LPUSH`` kombu's JSON envelope
+  (``celeriac.protocol.kombu_envelope``: base64 body, ``properties.delivery_info``, a uuid
+  ``delivery_tag``); consumers take from the right end, so a list is FIFO.
+- Priority steps are kombu's: priority ``p`` goes to the list of step ``max(s <= p)`` of
+  ``priority_steps`` (kombu's ``[0, 3, 6, 9]`` by default), named ``queue`` for step 0 and
+  ``queue\\x06\\x16<step>`` for the others.
+- Declaring a queue (first publish to it, first fetch from it) adds kombu's binding member
+  ``routing_key\\x06\\x16\\x06\\x16queue`` to ``_kombu.binding.<exchange>`` (and to
+  ``_kombu.binding_permanent.<exchange>``, as kombu 5.7 does), so Celery producers and workers
+  see the queue.
+
+**Priority.** kombu's worker empties the step lists in step order, so on Redis a *lower*
+number is served first there; celeriac's contract is *higher first*. The number a producer
+writes is the same on both sides (the same ``properties.priority``, the same step list: a
+Celery producer's ``priority=9`` and a celeriac producer's ``priority=9`` land in the same
+list, byte for byte); what differs is only the order in which each kind of *worker* empties
+the step lists: a celeriac worker serves step 9 first, a Celery worker step 0 first. During a
+migration where both consume one queue, set ``priority_order="kombu"`` on the celeriac side to
+serve as Celery does. With kombu's four steps, priorities are coarse (5 and 3 share a list and
+keep FIFO order between them); ``priority_steps=list(range(10))`` gives ten exact levels
+(Celery's documented setting; give Celery workers the same setting, or they never read
+steps 1, 2, 4, 5, 7 and 8).
+
+**What celeriac adds** (keys under ``Keys``, all names in that one class):
+
+- *Take = record, atomically.* ``fetch`` runs one Lua script (EVALSHA, cached) that, with the
+  Redis server's clock (``TIME``): (1) puts back lapsed leases (at most ``sweep_limit``),
+  (2) moves due delayed messages of the fetched queues to their lists, (3) ``RPOP``\\s up to
+  ``max_count`` entries from the queues' step lists in order and records each in
+  ``celeriac.inflight`` (hash: tag -> deliveries, queue, list key, raw entry) with a lease
+  deadline in ``celeriac.leases`` (zset: tag -> deadline, ms of server time). A crash at any
+  point loses nothing: an entry is always in a list, the delayed set or the in-flight hash.
+- *Per-message leases.* Each take hands out a new tag (``INCRBY celeriac.tag_seq``), so
+  ``renew`` (``ZADD XX`` with server time), ``requeue`` and ``ack`` are fenced for free: a
+  delivery whose lease lapsed and was put back has a tag that no longer exists. There is no
+  global visibility timeout: a message whose holder keeps renewing is never handed out again.
+  kombu's ``unacked``/``unacked_index`` are *not* used, so a Celery worker's restore pass never
+  takes back a message a celeriac worker is still running.
+- *Delivery counts* survive a lapse or requeue: the entry goes back unchanged (kombu's bytes)
+  and its count is kept in ``celeriac.redelivered`` (hash: sha1 of the entry -> count), read
+  and cleared when the entry is taken again. (An entry a Celery worker consumes after a
+  celeriac requeue leaves its count behind: one small hash field.)
+- *ETA/countdown* messages (``not_before`` in the future) wait in ``celeriac.delayed.<queue>``
+  (zset: score = due time in ms, member = list key + entry) and are moved to their list inside
+  the take script by whichever worker fetches that queue: never held in worker memory, never
+  duplicated by a restart. **A Celery worker never sees them until they are due and a celeriac
+  worker has moved them into the list**; from then on they are ordinary list entries (their
+  ``eta`` header is in the past, so a Celery worker runs them at once). A Celery producer's ETA
+  message arrives in the list directly; the celeriac worker re-publishes it here with
+  ``not_before`` and acks it (``worker.loop._hold_in_broker``).
+- *Waiting without polling.* An empty ``fetch`` blocks on ``BLMOVE key key RIGHT RIGHT`` for each
+  watched list (one pooled connection each): a non-destructive wait (the entry is popped and
+  pushed back at the same end in one command, so the list is unchanged and nothing ever leaves
+  Redis), woken by any ``LPUSH``, Celery's included. The first to return unblocks the others with
+  ``CLIENT UNBLOCK`` and the take script runs. The wait is capped by the next due delayed message
+  or lease deadline (the script returns it) and by ``poll_interval`` (new delayed messages of
+  other producers are seen within it).
+- *Dead letters* go to the list ``celeriac.dead_letter`` (``dead_letter_queue``) as JSON
+  ``{"dead_at", "reason", "queue", "priority", "deliveries", "tag", "entry"}``, newest first,
+  trimmed to ``dead_letter_limit``.
+
+An envelope whose properties do not match what kombu's layout can carry (no ``priority``, or
+transport keys of its own) gets one extra top-level key, ``x-celeriac-properties``, holding its
+exact properties; kombu ignores unknown top-level keys. celeriac's own envelopes never need it.
+
+Not supported: Redis Cluster (the scripts touch keys they compute).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from hashlib import sha1
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from celeriac.brokers import _redact
+from celeriac.brokers._common import (
+    MAX_PRIORITY,
+    check_fetch_args,
+    clamp_priority,
+    idle_wait,
+    positive_seconds,
+    resolve_options,
+)
+from celeriac.brokers.base import DEFAULT_LEASE_SECONDS
+from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError, DecodeError
+from celeriac.message import Delivery, Envelope, Outgoing
+from celeriac.protocol import kombu_envelope
+
+__all__ = ["Keys", "RedisBroker", "connection_url"]
+
+#: kombu's separator, in priority list names and in binding members.
+KOMBU_SEP = "\x06\x16"
+KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+#: Content type of a list entry that is not a kombu envelope (the worker dead-letters it).
+UNDECODABLE = "application/x-celeriac-undecodable-entry"
+_MARK_KEY = "x-celeriac-properties"
+_MARK = b'{"' + _MARK_KEY.encode() + b'": '
+
+DEFAULTS: dict[str, Any] = {
+    "lease_seconds": DEFAULT_LEASE_SECONDS,
+    "poll_interval": 0.25,
+    "priority_steps": KOMBU_PRIORITY_STEPS,
+    "priority_order": "higher_first",
+    "sep": KOMBU_SEP,
+    "global_keyprefix": "",
+    "compact_envelope": False,
+    "dead_letter_queue": "celeriac.dead_letter",
+    "dead_letter_limit": 100_000,
+    "sweep_limit": 1000,
+    "max_connections": 1000,
+    "socket_timeout": 10.0,
+    "socket_connect_timeout": 5.0,
+    "socket_keepalive": True,
+    "health_check_interval": 0,
+    "connection_retries": 2,
+}
+_WHERE = "RedisBroker"
+
+
+class Keys:
+    """Every Redis key name the broker uses (all under ``global_keyprefix``)."""
+
+    def __init__(self, prefix: str = "", sep: str = KOMBU_SEP, dead_letter: str = "") -> None:
+        self.prefix = prefix
+        self.sep = sep
+        self.inflight = f"{prefix}celeriac.inflight"
+        self.leases = f"{prefix}celeriac.leases"
+        self.redelivered = f"{prefix}celeriac.redelivered"
+        self.inflight_count = f"{prefix}celeriac.inflight_count"
+        self.tag_seq = f"{prefix}celeriac.tag_seq"
+        self.dead_letter = f"{prefix}{dead_letter or DEFAULTS['dead_letter_queue']}"
+
+    def queue(self, queue: str, step: int = 0) -> str:
+        """kombu's list for ``queue`` at priority step ``step``."""
+        return f"{self.prefix}{queue}" if step == 0 else f"{self.prefix}{queue}{self.sep}{step}"
+
+    def delayed(self, queue: str) -> str:
+        return f"{self.prefix}celeriac.delayed.{queue}"
+
+    def binding(self, exchange: str) -> str:
+        return f"{self.prefix}_kombu.binding.{exchange}"
+
+    def binding_permanent(self, exchange: str) -> str:
+        return f"{self.prefix}_kombu.binding_permanent.{exchange}"
+
+    def binding_member(self, routing_key: str, queue: str) -> str:
+        return f"{routing_key}{self.sep}{self.sep}{queue}"
+
+
+# -- Lua ------------------------------------------------------------------------------------
+# An in-flight record: "<deliveries>:<#queue>:<#listkey>:<queue><listkey><entry>".
+# A delayed member:    "<#listkey>:<listkey><entry>". Lengths are in bytes.
+
+_LUA_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+_LUA_PARSE = """
+local function parse(rec)
+  local n, ql, kl, p = string.match(rec, '^(%d+):(%d+):(%d+):()')
+  ql = tonumber(ql)
+  kl = tonumber(kl)
+  return n, string.sub(rec, p, p + ql - 1), string.sub(rec, p + ql, p + ql + kl - 1),
+         string.sub(rec, p + ql + kl)
+end
+local function forget(tag, q)
+  redis.call('HDEL', KEYS[1], tag)
+  redis.call('ZREM', KEYS[2], tag)
+  if redis.call('HINCRBY', KEYS[4], q, -1) <= 0 then redis.call('HDEL', KEYS[4], q) end
+end
+"""
+
+#: KEYS: inflight, leases, redelivered, inflight_count, tag_seq, then per queue its delayed
+#: zset and its S step lists in serving order. ARGV: lease_ms, max_count, sweep, S, queues...
+#: Returns {tag, deliveries, queue index, entry, ...} or {ms until something falls due | -1}.
+TAKE_LUA = (
+    _LUA_NOW
+    + _LUA_PARSE
+    + """
+local lease = tonumber(ARGV[1])
+local want = tonumber(ARGV[2])
+local sweep = tonumber(ARGV[3])
+local S = tonumber(ARGV[4])
+local nq = #ARGV - 4
+
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, sweep)
+for i = 1, #lapsed do
+  local tag = lapsed[i]
+  local rec = redis.call('HGET', KEYS[1], tag)
+  if rec then
+    local n, q, lk, entry = parse(rec)
+    redis.call('RPUSH', lk, entry)
+    redis.call('HSET', KEYS[3], redis.sha1hex(entry), n)
+    forget(tag, q)
+  else
+    redis.call('ZREM', KEYS[2], tag)
+  end
+end
+
+for qi = 0, nq - 1 do
+  local dk = KEYS[6 + qi * (S + 1)]
+  local due = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, sweep)
+  for i = 1, #due do
+    local m = due[i]
+    local kl, p = string.match(m, '^(%d+):()')
+    kl = tonumber(kl)
+    redis.call('LPUSH', string.sub(m, p, p + kl - 1), string.sub(m, p + kl))
+    redis.call('ZREM', dk, m)
+  end
+end
+
+local got, from, lks = {}, {}, {}
+for qi = 0, nq - 1 do
+  local base = 6 + qi * (S + 1)
+  for s = 1, S do
+    local need = want - #got
+    if need <= 0 then break end
+    local lk = KEYS[base + s]
+    local items = redis.call('RPOP', lk, need)
+    if items then
+      for i = 1, #items do
+        got[#got + 1] = items[i]
+        from[#from + 1] = qi
+        lks[#lks + 1] = lk
+      end
+    end
+  end
+  if #got >= want then break end
+end
+
+if #got == 0 then
+  local nxt = -1
+  local l = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  if #l > 0 then nxt = tonumber(l[2]) end
+  for qi = 0, nq - 1 do
+    local d = redis.call('ZRANGE', KEYS[6 + qi * (S + 1)], 0, 0, 'WITHSCORES')
+    if #d > 0 and (nxt < 0 or tonumber(d[2]) < nxt) then nxt = tonumber(d[2]) end
+  end
+  if nxt < 0 then return {-1} end
+  return {math.max(nxt - now, 0)}
+end
+
+local last = tonumber(redis.call('INCRBY', KEYS[5], #got))
+local first = last - #got
+local check = redis.call('HLEN', KEYS[3]) > 0
+local deadline = now + lease
+local per_queue = {}
+local out = {}
+for i = 1, #got do
+  local entry = got[i]
+  local n = 1
+  if check then
+    local h = redis.sha1hex(entry)
+    local prev = redis.call('HGET', KEYS[3], h)
+    if prev then
+      n = tonumber(prev) + 1
+      redis.call('HDEL', KEYS[3], h)
+    end
+  end
+  local tag = string.format('%d', first + i)
+  local q = ARGV[5 + from[i]]
+  local lk = lks[i]
+  redis.call('HSET', KEYS[1], tag, n .. ':' .. #q .. ':' .. #lk .. ':' .. q .. lk .. entry)
+  redis.call('ZADD', KEYS[2], deadline, tag)
+  per_queue[q] = (per_queue[q] or 0) + 1
+  out[#out + 1] = tag
+  out[#out + 1] = n
+  out[#out + 1] = from[i]
+  out[#out + 1] = entry
+end
+for q, c in pairs(per_queue) do redis.call('HINCRBY', KEYS[4], q, c) end
+return out
+"""
+)
+
+#: KEYS: inflight, leases, redelivered, inflight_count. ARGV: tags.
+ACK_LUA = (
+    _LUA_PARSE
+    + """
+local done = 0
+for i = 1, #ARGV do
+  local rec = redis.call('HGET', KEYS[1], ARGV[i])
+  if rec then
+    local _, q = parse(rec)
+    forget(ARGV[i], q)
+    done = done + 1
+  end
+end
+return done
+"""
+)
+
+#: KEYS: inflight, leases, redelivered, inflight_count. ARGV: tags, last to go back first.
+#: Each entry goes back to the consuming end of its list (it is next), its count kept.
+REQUEUE_LUA = (
+    _LUA_PARSE
+    + """
+local done = 0
+for i = 1, #ARGV do
+  local rec = redis.call('HGET', KEYS[1], ARGV[i])
+  if rec then
+    local n, q, lk, entry = parse(rec)
+    redis.call('RPUSH', lk, entry)
+    redis.call('HSET', KEYS[3], redis.sha1hex(entry), n)
+    forget(ARGV[i], q)
+    done = done + 1
+  end
+end
+return done
+"""
+)
+
+#: KEYS: leases. ARGV: lease_ms, tags. Only leases still recorded are extended (fenced).
+RENEW_LUA = (
+    _LUA_NOW
+    + """
+local deadline = now + tonumber(ARGV[1])
+local done = 0
+for i = 2, #ARGV do
+  done = done + redis.call('ZADD', KEYS[1], 'XX', 'CH', deadline, ARGV[i])
+end
+return done
+"""
+)
+
+#: KEYS: inflight, leases, redelivered, inflight_count, dead letters.
+#: ARGV: tag, the wrapper JSON without its opening brace, limit.
+DEAD_LUA = (
+    _LUA_PARSE
+    + """
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+if rec then
+  local _, q = parse(rec)
+  forget(ARGV[1], q)
+end
+local t = redis.call('TIME')
+redis.call('LPUSH', KEYS[5],
+           '{"dead_at": ' .. t[1] .. '.' .. string.format('%06d', tonumber(t[2])) .. ', '
+           .. ARGV[2])
+redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[3]) - 1)
+return 1
+"""
+)
+
+
+SCRIPTS = {"take": TAKE_LUA, "ack": ACK_LUA, "requeue": REQUEUE_LUA, "renew": RENEW_LUA,
+           "dead": DEAD_LUA}
+
+
+# -- URLs and options -------------------------------------------------------------------------
+
+
+def connection_url(url: str) -> str:
+    """``url`` as redis-py reads it: ``redis+socket:///path`` becomes ``unix:///path``."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("redis", "rediss", "redis+socket", "unix"):
+        raise ConfigurationError(
+            f"not a Redis broker URL: {_redact(url)} "
+            "(expected redis://, rediss://, redis+socket:// or unix://)"
+        )
+    if scheme == "redis+socket":
+        rest = rest.replace("virtual_host=", "db=")
+        return f"unix://{rest}"
+    return f"{scheme}://{rest}"
+
+
+def _steps(value: Any) -> tuple[int, ...]:
+    try:
+        steps = tuple(sorted({int(s) for s in value}))
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{_WHERE}: priority_steps must be integers, not {value!r}") from None
+    if not steps or steps[0] != 0 or steps[-1] > MAX_PRIORITY:
+        raise ConfigurationError(
+            f"{_WHERE}: priority_steps must start at 0 and stay within 0-9, not {value!r}"
+        )
+    return steps
+
+
+# -- the broker -------------------------------------------------------------------------------
+
+
+class RedisBroker:
+    """A broker on Redis, sharing kombu's layout; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        **options: Any,
+    ) -> None:
+        opts = resolve_options({"lease_seconds": lease_seconds, **options}, DEFAULTS, _WHERE)
+        self.url = url
+        self._conn_url = connection_url(url)
+        self.lease_seconds = positive_seconds(opts["lease_seconds"], "lease_seconds", _WHERE)
+        self.poll_interval = positive_seconds(opts["poll_interval"], "poll_interval", _WHERE)
+        self.priority_steps = _steps(opts["priority_steps"])
+        order = opts["priority_order"]
+        if order not in ("higher_first", "kombu"):
+            raise ConfigurationError(
+                f"{_WHERE}: priority_order must be 'higher_first' or 'kombu', not {order!r}"
+            )
+        self.priority_order: str = order
+        # serving order of the steps
+        self._serve_steps = (
+            tuple(reversed(self.priority_steps)) if order == "higher_first" else self.priority_steps
+        )
+        self.compact = bool(opts["compact_envelope"])
+        self.keys = Keys(str(opts["global_keyprefix"]), str(opts["sep"]),
+                         str(opts["dead_letter_queue"]))
+        self.dead_letter_limit = max(1, int(opts["dead_letter_limit"]))
+        self.sweep_limit = max(1, int(opts["sweep_limit"]))
+        self._pool_options = {
+            "max_connections": int(opts["max_connections"]),
+            "socket_timeout": opts["socket_timeout"],
+            "socket_connect_timeout": opts["socket_connect_timeout"],
+            "socket_keepalive": bool(opts["socket_keepalive"]),
+            "health_check_interval": opts["health_check_interval"],
+            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), int(opts["connection_retries"])),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        }
+        self._client: aioredis.Redis | None = None
+        self._where = "Redis"
+        self._shas: dict[str, str] = {}
+        self._conn: AbstractConnection | None = None  # the fast path's own connection
+        self._conn_lock = asyncio.Lock()
+        self._declared: set[tuple[str, str, str]] = set()
+        self._take_keys: dict[tuple[str, ...], list[str]] = {}
+
+    def __repr__(self) -> str:
+        return f"<RedisBroker {_redact(self.url)!r}>"
+
+    # -- connection ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self._client is not None:
+            return
+        try:
+            pool = aioredis.ConnectionPool.from_url(self._conn_url, **self._pool_options)
+        except ValueError as exc:
+            raise ConfigurationError(f"bad Redis URL {_redact(self.url)}: {exc}") from None
+        kw = pool.connection_kwargs
+        self._where = (
+            f"Redis at {kw['path']}" if "path" in kw
+            else f"Redis at {kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        self._shas = {name: sha1(lua.encode()).hexdigest() for name, lua in SCRIPTS.items()}
+        self._client = client
+        self._conn_lock = asyncio.Lock()
+        async with self._translate("connect"):
+            self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            await self._call("PING")
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        conn, self._conn = self._conn, None
+        self._declared.clear()
+        if client is not None:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await client.connection_pool.release(conn)
+            with contextlib.suppress(Exception):
+                await client.aclose()
+            with contextlib.suppress(Exception):
+                await client.connection_pool.disconnect()
+
+    def _redis(self) -> aioredis.Redis:
+        client = self._client
+        if client is None:
+            raise BrokerConnectionError(f"{self!r} is not connected (call connect() first)")
+        return client
+
+    async def _call(self, *args: Any) -> Any:
+        """One command on the broker's own connection: one round trip and little else
+        (redis-py's per-command machinery costs as much as the round trip). Used by one
+        caller at a time; a concurrent caller goes through the pool. A connection that died
+        (Redis restarted) is reopened and the command sent once more."""
+        client = self._redis()
+        conn = self._conn
+        if conn is None or self._conn_lock.locked():
+            return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+        async with self._conn_lock:
+            packed = conn.pack_command(*args)
+            for attempt in (0, 1):
+                try:
+                    await conn.send_packed_command(packed, check_health=False)
+                    return await conn.read_response()
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    await conn.disconnect()
+                    if attempt:
+                        raise
+                except BaseException:  # cancelled mid-reply: the stream is out of step
+                    await conn.disconnect(nowait=True)
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _script(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """EVALSHA, loading the script on NOSCRIPT (a new or restarted Redis)."""
+        sha = self._shas[name]
+        try:
+            return await self._call("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._call("SCRIPT", "LOAD", SCRIPTS[name])
+            return await self._call("EVALSHA", sha, len(keys), *keys, *args)
+
+    @contextlib.asynccontextmanager
+    async def _translate(self, doing: str) -> AsyncIterator[None]:
+        """redis-py errors become ``BrokerError``s naming host:port (never the password)."""
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise BrokerConnectionError(
+                f"{self._where} unreachable while trying to {doing}: {exc}"
+            ) from exc
+        except RedisError as exc:
+            raise BrokerError(f"{self._where} failed to {doing}: {exc}") from exc
+
+    # -- encoding -----------------------------------------------------------------------
+
+    def _entry(self, out: Outgoing) -> tuple[int, bytes]:
+        """(priority, kombu list entry) for ``out``."""
+        priority = clamp_priority(out.priority)
+        env = out.envelope
+        props = env.properties
+        plain = props.get("priority", -1) == priority and kombu_envelope.TRANSPORT_PROPERTIES \
+            .isdisjoint(props)
+        if plain:
+            return priority, kombu_envelope.dumps(
+                env, out.exchange, out.routing_key or out.queue, compact=self.compact
+            )
+        wire = {k: v for k, v in props.items() if k not in kombu_envelope.TRANSPORT_PROPERTIES}
+        wire["priority"] = priority
+        raw = kombu_envelope.dumps(
+            replace(env, properties=wire), out.exchange, out.routing_key or out.queue,
+            compact=self.compact,
+        )
+        exact = orjson.dumps(props, option=orjson.OPT_NON_STR_KEYS)
+        return priority, _MARK + exact + b", " + raw[1:]
+
+    def _step_of(self, priority: int) -> int:
+        step = 0
+        for s in self.priority_steps:
+            if s <= priority:
+                step = s
+        return step
+
+    def _declare(self, exchange: str, routing_key: str, queue: str) -> list[tuple[Any, ...]]:
+        """kombu's binding members for ``queue`` (the commands; once per instance)."""
+        exchange = exchange or queue
+        key = (exchange, routing_key, queue)
+        if key in self._declared:
+            return []
+        self._declared.add(key)
+        member = self.keys.binding_member(routing_key, queue)
+        return [("SADD", self.keys.binding(exchange), member),
+                ("SADD", self.keys.binding_permanent(exchange), member)]
+
+    # -- the contract -------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        if not messages:
+            return
+        client = self._redis()
+        keys = self.keys
+        now = time.time()
+        # (command, key, *args); consecutive entries for one list go in one LPUSH (in order:
+        # LPUSH k a b leaves b at the head, a nearest the consuming end).
+        ops: list[tuple[Any, ...]] = []
+        run_key = ""
+        run: list[bytes] = []
+        for out in messages:
+            priority, raw = self._entry(out)
+            routing_key = out.routing_key or out.queue
+            if (out.exchange or out.queue, routing_key, out.queue) not in self._declared:
+                ops += self._declare(out.exchange, routing_key, out.queue)
+            listkey = keys.queue(out.queue, self._step_of(priority))
+            if out.not_before is not None and out.not_before > now:
+                lk = listkey.encode()
+                ops.append(("ZADD", keys.delayed(out.queue), int(out.not_before * 1000),
+                            b"%d:" % len(lk) + lk + raw))
+                continue
+            if listkey != run_key and run:
+                ops.append(("LPUSH", run_key, *run))
+                run = []
+            run_key = listkey
+            run.append(raw)
+        if run:
+            ops.append(("LPUSH", run_key, *run))
+        async with self._translate("publish"):
+            await self._execute(client, ops)
+
+    async def _execute(self, client: aioredis.Redis, ops: list[tuple[Any, ...]]) -> list[Any]:
+        """Run ``ops`` in one round trip (a lone command goes without a pipeline)."""
+        if len(ops) == 1:
+            return [await self._call(*ops[0])]
+        pipe = client.pipeline(transaction=False)
+        for op in ops:
+            pipe.execute_command(*op)
+        result: list[Any] = await pipe.execute()
+        return result
+
+    def _keys_for(self, queues: Sequence[str]) -> list[str]:
+        key = tuple(queues)
+        found = self._take_keys.get(key)
+        if found is None:
+            k = self.keys
+            found = [k.inflight, k.leases, k.redelivered, k.inflight_count, k.tag_seq]
+            for q in queues:
+                found.append(k.delayed(q))
+                found += [k.queue(q, s) for s in self._serve_steps]
+            self._take_keys[key] = found
+        return found
+
+    async def _take(self, queues: Sequence[str], max_count: int) -> tuple[list[Delivery], float]:
+        """(deliveries, seconds until something falls due or -1)."""
+        args: list[Any] = [
+            int(self.lease_seconds * 1000), max_count, self.sweep_limit, len(self._serve_steps),
+            *queues,
+        ]
+        async with self._translate("fetch"):
+            reply = await self._script("take", self._keys_for(queues), args)
+        if len(reply) == 1:
+            ms = int(reply[0])
+            return [], (-1.0 if ms < 0 else ms / 1000)
+        out: list[Delivery] = []
+        for i in range(0, len(reply), 4):
+            tag, deliveries, qi, raw = reply[i : i + 4]
+            env, priority = _decode(raw)
+            out.append(Delivery(env, queues[int(qi)], int(tag), int(deliveries), priority))
+        return out, -1.0
+
+    async def _declare_consumed(self, queues: Sequence[str]) -> None:
+        ops = [op for q in queues for op in self._declare("", q, q)]
+        if ops:
+            async with self._translate("declare queues"):
+                await self._execute(self._redis(), ops)
+
+    async def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
+        check_fetch_args(queues, max_count)
+        if not queues:
+            return []
+        self._redis()
+        await self._declare_consumed(queues)
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            got, due_in = await self._take(queues, max_count)
+            if got:
+                return got
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            wait = idle_wait(remaining, None if due_in < 0 else due_in, self.poll_interval)
+            watched = self._keys_for(queues)[5:]
+            watched = [k for i, k in enumerate(watched) if i % (len(self._serve_steps) + 1)]
+            await self._wait_for_push(watched, wait)
+
+    async def _wait_for_push(self, keys: list[str], seconds: float) -> None:
+        """Block until one of the lists ``keys`` holds an entry, or ``seconds`` pass.
+
+        ``BLMOVE k k RIGHT RIGHT`` pops the last entry and pushes it back where it was, in one
+        command: the list is unchanged, nothing leaves Redis, and the wait is event-driven.
+        """
+        client = self._redis()
+        pool = client.connection_pool
+        block = max(0.002, round(seconds, 3))
+        conns: list[AbstractConnection] = []
+        ids: dict[int, int] = {}
+
+        async def watch(i: int, conn: AbstractConnection, key: str) -> Any:
+            await conn.send_packed_command(
+                conn.pack_commands([("CLIENT", "ID"), ("BLMOVE", key, key, "RIGHT", "RIGHT", block)])
+            )
+            ids[i] = int(await conn.read_response())
+            return await conn.read_response(timeout=block + 5.0)
+
+        async with self._translate("wait for messages"):
+            try:
+                for _ in keys:
+                    conns.append(await pool.get_connection())  # type: ignore[no-untyped-call]
+                tasks = [asyncio.ensure_future(watch(i, c, k))
+                         for i, (c, k) in enumerate(zip(conns, keys, strict=True))]
+                done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                woke = any(t.exception() is None and t.result() is not None for t in done)
+                if pending and woke:
+                    await self._unblock(client, [ids[i] for i, t in enumerate(tasks)
+                                                 if t in pending and i in ids])
+                if pending:
+                    _, late = await asyncio.wait(pending, timeout=(0.5 if woke else block + 1.0))
+                    for t in late:
+                        t.cancel()
+                    for i, t in enumerate(tasks):
+                        if t in late:
+                            await conns[i].disconnect()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                for t in tasks:
+                    if not t.cancelled() and t.exception() is not None:
+                        for c in conns:
+                            await c.disconnect()
+                        raise t.exception()  # type: ignore[misc]
+            finally:
+                for c in conns:
+                    await pool.release(c)
+
+    @staticmethod
+    async def _unblock(client: aioredis.Redis, client_ids: list[int]) -> None:
+        if not client_ids:
+            return
+        pipe = client.pipeline(transaction=False)
+        for cid in client_ids:
+            pipe.execute_command("CLIENT", "UNBLOCK", cid)
+        with contextlib.suppress(RedisError):
+            await pipe.execute()  # refused (ACLs)? the waits end by timeout or cancellation
+
+    def _by_tag(self) -> list[str]:
+        k = self.keys
+        return [k.inflight, k.leases, k.redelivered, k.inflight_count]
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        self._redis()
+        async with self._translate("ack"):
+            await self._script("ack", self._by_tag(), [d.tag for d in deliveries])
+
+    async def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        self._redis()
+        tags = [d.tag for d in reversed(deliveries)]  # the first given goes back last: next
+        async with self._translate("requeue"):
+            await self._script("requeue", self._by_tag(), tags)
+
+    async def renew(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        self._redis()
+        args = [int(self.lease_seconds * 1000), *(d.tag for d in deliveries)]
+        async with self._translate("renew leases"):
+            await self._script("renew", [self.keys.leases], args)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self._redis()
+        _, raw = self._entry(Outgoing(delivery.queue, delivery.envelope, delivery.priority))
+        wrapper = orjson.dumps({
+            "reason": str(reason),
+            "queue": delivery.queue,
+            "priority": delivery.priority,
+            "deliveries": delivery.deliveries,
+            "tag": str(delivery.tag),
+            "entry": raw.decode("utf-8"),
+        })
+        async with self._translate("dead-letter"):
+            await self._script(
+                "dead",
+                [*self._by_tag(), self.keys.dead_letter],
+                [str(delivery.tag), wrapper[1:], self.dead_letter_limit],
+            )
+
+    def _waiting_keys(self, queue: str) -> list[str]:
+        return [self.keys.queue(queue, s) for s in self.priority_steps]
+
+    async def purge(self, queues: Sequence[str]) -> int:
+        if not queues:
+            return 0
+        pipe = self._redis().pipeline(transaction=True)
+        counted = 0
+        for q in queues:
+            for key in self._waiting_keys(q):
+                pipe.llen(key)
+                counted += 1
+            pipe.zcard(self.keys.delayed(q))
+            counted += 1
+        pipe.delete(*[k for q in queues for k in (*self._waiting_keys(q), self.keys.delayed(q))])
+        async with self._translate("purge"):
+            results = await pipe.execute()
+        return sum(int(n) for n in results[:counted])
+
+    async def queue_size(self, queue: str) -> int:
+        pipe = self._redis().pipeline(transaction=False)
+        for key in self._waiting_keys(queue):
+            pipe.llen(key)
+        pipe.zcard(self.keys.delayed(queue))
+        pipe.hget(self.keys.inflight_count, queue)
+        async with self._translate("count a queue"):
+            *sizes, inflight = await pipe.execute()
+        return sum(int(n) for n in sizes) + int(inflight or 0)
+
+    async def dead_letters(self, limit: int = 100) -> list[tuple[Delivery, str]]:
+        if limit <= 0:
+            return []
+        async with self._translate("read dead letters"):
+            raw = await self._redis().lrange(self.keys.dead_letter, 0, limit - 1)
+        out: list[tuple[Delivery, str]] = []
+        for item in raw:
+            try:
+                wrapper = orjson.loads(item)
+                env, _ = _decode(wrapper["entry"].encode("utf-8"))
+                tag = wrapper.get("tag")
+                out.append((
+                    Delivery(env, str(wrapper["queue"]), int(tag) if str(tag).isdigit() else tag,
+                             int(wrapper.get("deliveries") or 1), int(wrapper.get("priority") or 0)),
+                    str(wrapper.get("reason", "")),
+                ))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                blob = item if isinstance(item, bytes) else str(item).encode()
+                out.append((Delivery(Envelope(blob, UNDECODABLE, "binary"), "", None),
+                            "unreadable dead-letter record"))
+        return out
+
+
+def _decode(raw: bytes) -> tuple[Envelope, int]:
+    """(envelope, priority) of a list entry; one that is not a kombu envelope comes out as an
+    ``UNDECODABLE`` envelope holding the raw bytes (the worker dead-letters it)."""
+    try:
+        env, _, _ = kombu_envelope.loads(raw)
+    except DecodeError:
+        return Envelope(bytes(raw), UNDECODABLE, "binary"), 0
+    try:
+        priority = clamp_priority(int(env.properties.get("priority") or 0))
+    except (TypeError, ValueError):
+        priority = 0
+    if raw.startswith(_MARK):
+        exact = orjson.loads(raw).get(_MARK_KEY)
+        if isinstance(exact, dict):
+            env = replace(env, properties=exact)
+    return env, priority

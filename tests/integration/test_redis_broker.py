@@ -1,0 +1,293 @@
+"""The Redis broker with real Redis servers and real worker processes: kombu's wire layout,
+per-message leases under SIGKILL and long tasks, a Redis crash with AOF, reconnection, and ETA
+messages waiting in Redis (what a Celery worker sees of them)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from celeriac import Celeriac
+from celeriac.brokers.redis import RedisBroker
+from celeriac.message import Envelope, Outgoing
+from celeriac.protocol import kombu_envelope
+
+pytestmark = pytest.mark.slow
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "celery-wire"
+APP = "tests.apps.redis_app"
+
+
+def capture(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
+    return data
+
+
+@pytest.fixture
+def producer(db_url: str) -> Iterator[Callable[..., Celeriac]]:
+    """Producer apps (sync callers) for a Redis broker and this test's SQLite backend."""
+    apps: list[Celeriac] = []
+
+    def make(broker_url: str, **options: Any) -> Celeriac:
+        app = Celeriac("producer", broker=broker_url, backend=db_url)
+        app.conf.broker_transport_options = options
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+def worker_env(broker_url: str, db_url: str, lease: float = 30.0) -> dict[str, str]:
+    return {"CELERIAC_TEST_BROKER": broker_url, "CELERIAC_TEST_BACKEND": db_url,
+            "CELERIAC_TEST_LEASE": str(lease)}
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+# -- the wire ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_wire_layout_matches_kombu(redis_url: str, producer: Callable[..., Celeriac]) -> None:
+    app = producer(redis_url)
+    r = redis.Redis.from_url(redis_url)
+    app.send_task("capapp.add", (1, 1))
+    app.send_task("capapp.add", (1, 1), priority=5)
+    ours = r.lrange("celery", 0, -1)
+    assert len(ours) == 1
+    # kombu's step list for 5 is step 3, named as kombu names it
+    assert r.llen("celery\x06\x163") == 1
+    theirs = capture("redis-send-plain_apply_async")["captured"]["keys_after_send"]
+    their_entry = json.loads(theirs["celery"]["value"][0])
+    our_entry = json.loads(ours[0])
+    assert list(our_entry) == list(their_entry)
+    assert list(our_entry["properties"]) == list(their_entry["properties"])
+    assert list(our_entry["headers"]) == list(their_entry["headers"])
+    assert our_entry["properties"]["delivery_info"] == {"exchange": "", "routing_key": "celery"}
+    assert b'", "' in ours[0]  # kombu's (Python's) separators, byte for byte
+    env, info, tag = kombu_envelope.loads(ours[0])
+    assert env.headers["task"] == "capapp.add" and len(tag) == 36
+    assert info == {"exchange": "", "routing_key": "celery"}
+    member = theirs["_kombu.binding.celery"]["value"][0].encode()
+    assert r.smembers("_kombu.binding.celery") == {member}
+    assert r.smembers("_kombu.binding_permanent.celery") == {member}
+    r.close()
+
+
+@pytest.mark.timeout(30)
+async def test_celery_entries_are_taken_and_kept_byte_for_byte(redis_url: str) -> None:
+    """A Celery producer's entries (from the captures) are fetched, leased, and when given
+    back are the very same bytes; priorities land as kombu put them."""
+    sent = capture("redis-send-priority")["captured"]["keys_after_send"]
+    r = redis.Redis.from_url(redis_url)
+    for key, value in sent.items():
+        r.lpush(key, *reversed(value["value"]))
+    broker = RedisBroker(redis_url)
+    await broker.connect()
+    try:
+        got = await broker.fetch(["celery"], 10, 1.0)
+        # celeriac serves higher priorities first: step 9, then 3 (3 and 5, FIFO), then 0
+        assert [d.priority for d in got] == [9, 3, 5, 0]
+        assert all(d.envelope.headers["task"] == "capapp.add" for d in got)
+        await broker.requeue(got)
+        assert r.lrange("celery", -1, -1) == [sent["celery"]["value"][0].encode()]
+        again = await broker.fetch(["celery"], 10, 1.0)
+        assert [d.deliveries for d in again] == [2, 2, 2, 2]
+        await broker.ack(again)
+        assert await broker.queue_size("celery") == 0
+        kombu_order = RedisBroker(redis_url, priority_order="kombu")
+        await kombu_order.connect()
+        for key, value in sent.items():
+            r.lpush(key, *reversed(value["value"]))
+        assert [d.priority for d in await kombu_order.fetch(["celery"], 10, 1.0)] == [0, 3, 5, 9]
+        await kombu_order.close()
+    finally:
+        await broker.close()
+        r.close()
+
+
+# -- leases -----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_killed_worker_task_runs_again_exactly_once(
+    redis_url: str, db_url: str, tmp_path: Path, start_worker: Any,
+    producer: Callable[..., Celeriac],
+) -> None:
+    env = worker_env(redis_url, db_url, lease=1.0)
+    marker = tmp_path / "runs"
+    first = start_worker("-P", "solo", app=APP, env=env)
+    app = producer(redis_url)
+    result = app.send_task("tests.apps.redis_app.run_late", (1.5, str(marker)))
+    wait_for(lambda: len(lines(marker)) == 1, 20, "the first run")
+    first.kill()
+    start_worker("-P", "solo", app=APP, env=env)
+    assert result.get(timeout=30) == 1.5
+    time.sleep(2.5)  # more than two leases: nothing else may run it
+    assert len(lines(marker)) == 2, lines(marker)
+
+
+@pytest.mark.timeout(90)
+def test_task_three_times_longer_than_its_lease_runs_once(
+    redis_url: str, db_url: str, tmp_path: Path, start_worker: Any,
+    producer: Callable[..., Celeriac],
+) -> None:
+    env = worker_env(redis_url, db_url, lease=1.0)
+    marker = tmp_path / "runs"
+    start_worker("-P", "solo", app=APP, env=env)
+    start_worker("-P", "solo", app=APP, env=env)
+    app = producer(redis_url)
+    result = app.send_task("tests.apps.redis_app.run_late", (3.0, str(marker)))
+    assert result.get(timeout=30) == 3.0
+    time.sleep(1.5)
+    assert len(lines(marker)) == 1, lines(marker)
+
+
+# -- Redis going away -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_aof_redis_crash_loses_no_published_task(
+    private_redis: Any, db_url: str, start_worker: Any, producer: Callable[..., Celeriac],
+) -> None:
+    url = private_redis.url
+    start_worker("-P", "threads", "-c", "4", app=APP, env=worker_env(url, db_url, lease=2.0))
+    app = producer(url)
+    app.conf.task_publish_retry = False
+    returned = []
+    failed = 0
+    for i in range(600):
+        if i == 200:
+            private_redis.crash()
+        if i == 300:
+            private_redis.start()
+        try:
+            returned.append((i, app.send_task("capapp.add", (i, 1))))
+        except Exception:
+            failed += 1
+        if 200 <= i < 300:
+            time.sleep(0.005)
+    assert failed >= 50, failed  # the outage was real
+    for i, res in returned:
+        assert res.get(timeout=60) == i + 1, i
+
+
+@pytest.mark.timeout(120)
+def test_worker_resumes_consuming_after_redis_restart(
+    private_redis: Any, db_url: str, start_worker: Any, producer: Callable[..., Celeriac],
+) -> None:
+    url = private_redis.url
+    worker = start_worker("-P", "solo", app=APP, env=worker_env(url, db_url))
+    app = producer(url)
+    assert app.send_task("capapp.add", (1, 2)).get(timeout=20) == 3
+    private_redis.crash()
+    time.sleep(1.0)  # the worker's fetch fails for a while
+    private_redis.start()
+    results = [app.send_task("capapp.add", (i, i)) for i in range(20)]
+    assert [r.get(timeout=40) for r in results] == [2 * i for i in range(20)]
+    assert worker.proc.poll() is None
+    assert "unreachable" in worker.log()  # it did see the outage
+
+
+# -- ETA / countdown --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_delayed_messages_wait_in_redis_and_run_once(
+    redis_url: str, db_url: str, tmp_path: Path, start_worker: Any,
+    producer: Callable[..., Celeriac],
+) -> None:
+    """Countdown messages wait in ``celeriac.delayed.<queue>``: the list a Celery worker reads
+    stays empty until they are due and a celeriac worker has moved them; two workers and a
+    worker restart neither lose nor duplicate them."""
+    env = worker_env(redis_url, db_url)
+    marker = tmp_path / "runs"
+    r = redis.Redis.from_url(redis_url)
+    a = start_worker("-P", "solo", app=APP, env=env)
+    start_worker("-P", "solo", app=APP, env=env)
+    app = producer(redis_url)
+    sent_at = time.time()
+    results = [app.send_task("tests.apps.redis_app.record", (str(marker), f"t{i}"), countdown=3)
+               for i in range(30)]
+    assert r.zcard("celeriac.delayed.celery") == 30
+    assert r.llen("celery") == 0  # what a Celery worker could see now: nothing
+    a.kill()
+    start_worker("-P", "solo", app=APP, env=env)
+    assert sorted(res.get(timeout=30) for res in results) == sorted(f"t{i}" for i in range(30))
+    time.sleep(0.5)
+    runs = [line.split() for line in lines(marker)]
+    assert sorted(name for name, _ in runs) == sorted(f"t{i}" for i in range(30))  # once each
+    assert min(float(at) for _, at in runs) >= sent_at + 2.9
+    assert r.zcard("celeriac.delayed.celery") == 0
+    r.close()
+
+
+@pytest.mark.timeout(60)
+def test_celery_producer_eta_message_is_held_in_redis_not_in_the_worker(
+    redis_url: str, db_url: str, start_worker: Any, producer: Callable[..., Celeriac],
+) -> None:
+    """A Celery producer LPUSHes an ETA message straight into the list; the celeriac worker
+    moves it to the delayed set (and acks it) and runs it when due."""
+    entry = json.loads(capture("redis-send-eta")["captured"]["keys_after_send"]["celery"]
+                       ["value"][0])
+    task_id = str(uuid.uuid4())
+    eta = datetime.now(UTC) + timedelta(seconds=2)
+    entry["headers"].update(id=task_id, root_id=task_id, eta=eta.isoformat(), expires=None)
+    entry["properties"]["correlation_id"] = task_id
+    r = redis.Redis.from_url(redis_url)
+    start_worker("-P", "solo", app=APP, env=worker_env(redis_url, db_url))
+    r.lpush("celery", json.dumps(entry))
+    wait_for(lambda: r.zcard("celeriac.delayed.celery") == 1, 10, "the move to the delayed set")
+    assert r.llen("celery") == 0 and r.hlen("celeriac.inflight") == 0  # acked, not held
+    app = producer(redis_url)
+    result = app.AsyncResult(task_id)
+    assert result.get(timeout=20) is not None
+    assert datetime.now(UTC) >= eta
+    r.close()
+
+
+# -- the broker alone, between processes -------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+async def test_idle_fetch_wakes_on_a_plain_lpush(redis_url: str) -> None:
+    """A Celery producer only LPUSHes: that alone wakes a waiting fetch, in milliseconds."""
+    broker = RedisBroker(redis_url)
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        raw = kombu_envelope.dumps(Envelope(b"[]", properties={"priority": 0}), "", "celery")
+        for _ in range(5):
+            waiting = asyncio.create_task(broker.fetch(["celery", "other"], 10, 10.0))
+            await asyncio.sleep(0.3)
+            sent = time.monotonic()
+            await asyncio.to_thread(r.lpush, "celery", raw)
+            got = await asyncio.wait_for(waiting, 5)
+            assert len(got) == 1 and time.monotonic() - sent < 0.1
+            await broker.ack(got)
+        await broker.publish([Outgoing("celery", Envelope(b"x"))])
+        assert await broker.purge(["celery"]) == 1
+    finally:
+        await broker.close()
+        r.close()
