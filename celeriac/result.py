@@ -26,13 +26,26 @@ R = TypeVar("R")
 
 
 # ---- exceptions over the wire -------------------------------------------------------------
+#: celeriac's errors that Celery has under the same name in ``celery.exceptions``: stored with
+#: that module, so a Celery client rebuilds its own class (``except TaskRevokedError`` works
+#: there); celeriac rebuilds ``celery.exceptions`` names as its own (``_safe_exception_class``).
+CELERY_EXCEPTION_NAMES = frozenset({
+    "BackendError", "Ignore", "ImproperlyConfigured", "MaxRetriesExceededError", "NotRegistered",
+    "OperationalError", "Reject", "Retry", "RetryTaskError", "SoftTimeLimitExceeded",
+    "TaskError", "TaskRevokedError", "TimeLimitExceeded", "TimeoutError", "WorkerLostError",
+})
+
+
 def encode_exception(exc: BaseException) -> dict[str, Any]:
     """An exception as Celery stores it; arguments that cannot be serialized become text."""
     cls = type(exc)
     args: list[Any] = []
     for arg in exc.args:
         args.append(arg if isinstance(arg, str | int | float | bool | type(None)) else repr(arg))
-    return {"exc_type": cls.__name__, "exc_message": args, "exc_module": cls.__module__}
+    module = cls.__module__
+    if module == "celeriac.errors" and cls.__name__ in CELERY_EXCEPTION_NAMES:
+        module = "celery.exceptions"
+    return {"exc_type": cls.__name__, "exc_message": args, "exc_module": module}
 
 
 def format_traceback(exc: BaseException) -> str:

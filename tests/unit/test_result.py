@@ -103,3 +103,13 @@ def test_get_times_out(app: Celeriac) -> None:
         app.AsyncResult("never-sent").get(timeout=0.1)
     with pytest.raises(TimeoutError):  # also the builtin
         app.AsyncResult("never-sent").get(timeout=0.05)
+
+
+def test_errors_celery_also_has_are_stored_under_celerys_module(app: Celeriac) -> None:
+    from celeriac.errors import TaskRevokedError, TimeLimitExceeded
+
+    for exc in (TaskRevokedError("expired"), TimeLimitExceeded("too slow")):
+        stored = encode_exception(exc)
+        assert stored["exc_module"] == "celery.exceptions"  # a Celery client can catch it
+        rebuilt = rebuild_exception(app, stored)
+        assert type(rebuilt) is type(exc) and rebuilt.args == exc.args
