@@ -1,6 +1,6 @@
 """Redis broker micro-benchmark: publish one at a time, publish in batches, fetch + ack.
 
-    .venv/bin/python bench/redis_micro.py --redis-url redis://127.0.0.1:6399/0 [--n 20000]
+    .venv/bin/python -m bench.redis_micro --redis-url redis://127.0.0.1:6399/0 [--n 20000]
 
 Uses the same message as ``bench/broker_micro.py``. Flushes the given database first.
 """

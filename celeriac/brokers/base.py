@@ -47,7 +47,12 @@ class Broker(Protocol):
         """
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """The messages are done with: remove them for good."""
+        """The messages are done with: remove them for good.
+
+        May return once the ack is sent rather than applied (AMQP's ``basic.ack``; Redis's
+        pipelined acks): an ack that is lost on the way is like a crash before acking, and
+        the message is handed out again after its lease.
+        """
 
     async def requeue(self, deliveries: Sequence[Delivery]) -> None:
         """Give the messages back, visible again at once, keeping their place and priority."""

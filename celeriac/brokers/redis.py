@@ -63,6 +63,36 @@ steps 1, 2, 4, 5, 7 and 8).
   ``{"dead_at", "reason", "queue", "priority", "deliveries", "tag", "entry"}``, newest first,
   trimmed to ``dead_letter_limit``.
 
+**Pipelined acks.** Every non-blocking command goes on one connection per broker
+(``_Pipeline``): writers put their bytes on the socket without waiting for earlier replies,
+and one reader task reads the replies in order. Redis runs a connection's commands in the
+order sent, so a ``queue_size``, ``requeue`` or ``fetch`` sent after an ``ack`` sees the ack
+applied. ``ack`` returns once its bytes are written to the socket, not once Redis replied
+(the broker seam allows it; AMQP's ``basic.ack`` is the same). Why that keeps the guarantees:
+
+- *Early acks against a worker crash.* The worker acks before the task starts, and the ack's
+  bytes are in the kernel's socket buffer by then. A killed process's sockets are closed by
+  the kernel, which still sends what was written (with ``TCP_NODELAY``, as redis-py sets it, an
+  uncongested connection sends it at once: on loopback it is in Redis's receive buffer before
+  ``write`` returns). The one gap: a socket closed with unread *replies* in its receive buffer
+  is reset, and bytes not yet transmitted then are dropped; that needs Redis to have stopped
+  reading (a full send window) at the moment of the kill. Such a task runs again once its
+  lease lapses: a duplicate of a task that was running when the fault hit, as the awaited
+  ack already allowed when its reply was lost (``worker.loop._process`` runs the task anyway).
+- *Late acks* are sent after the result is stored (awaited); a lost late ack only means the
+  message returns after its lease and runs again (at least once).
+- *A Redis crash* (or a lost connection) between the write and the apply: the ack is
+  "unconfirmed". It is sent once more, first thing on the next connection (an ack is
+  idempotent: tags are never reused, and an acked tag is gone); if that is lost too, or Redis
+  restarted without it, the message returns after its lease. Unlike an awaited ack under
+  ``appendfsync always``, an ack whose task already ran can thus be undone by a Redis crash
+  in the few milliseconds after it was sent: that task runs again (at least once, counted by
+  its delivery count). Publishes, fetches and results are awaited as before.
+- ``close`` waits (up to 5 s) for outstanding replies, so a worker's last acks are confirmed.
+
+A new connection loads the scripts first (``SCRIPT LOAD``); an ``EVALSHA`` refused with
+NOSCRIPT anyway (``SCRIPT FLUSH`` by someone else) is sent again as ``EVAL``.
+
 An envelope whose properties do not match what kombu's layout can carry (no ``priority``, or
 transport keys of its own) gets one extra top-level key, ``x-celeriac-properties``, holding its
 exact properties; kombu ignores unknown top-level keys. celeriac's own envelopes never need it.
@@ -74,7 +104,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from hashlib import sha1
@@ -86,7 +118,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from celeriac.brokers import _redact
@@ -132,6 +164,15 @@ DEFAULTS: dict[str, Any] = {
     "connection_retries": 2,
 }
 _WHERE = "RedisBroker"
+
+# redis-py >= 7 asks every new connection for maintenance notifications (a Redis
+# Enterprise/Cloud feature): one round trip less per connection without.
+_NO_MAINT_NOTIFICATIONS: dict[str, Any] = {}
+with contextlib.suppress(ImportError):  # older redis-py has no such thing
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    _NO_MAINT_NOTIFICATIONS["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+log = logging.getLogger("celeriac.brokers.redis")
 
 
 class Keys:
@@ -395,6 +436,247 @@ def _steps(value: Any) -> tuple[int, ...]:
     return steps
 
 
+# -- the pipelined connection ---------------------------------------------------------------
+
+
+class _Sent:
+    """Commands written to the pipelined connection whose replies are not all read yet."""
+
+    __slots__ = ("commands", "evaled", "future", "replies", "script", "unconfirmed")
+
+    def __init__(self, commands: list[tuple[Any, ...]], future: asyncio.Future[Any] | None,
+                 script: tuple[str, Sequence[Any], Sequence[Any]] | None = None) -> None:
+        self.commands = commands
+        self.future = future  # None: nobody waits (a pipelined ack)
+        self.replies: list[Any] = []
+        self.script = script  # (name, keys, args) of a lone EVALSHA, for NOSCRIPT
+        self.evaled = False  # sent again as EVAL after NOSCRIPT
+        self.unconfirmed = 0  # connections lost while it was on the wire
+
+
+class _Pipeline:
+    """One connection that carries every non-blocking command of a broker, pipelined.
+
+    Writers put their bytes on the socket at once (no lock, no waiting for an earlier reply)
+    and, if they want the reply, await a future; one reader task reads the replies in order
+    while anything is outstanding and hands each to its writer. Redis runs one connection's
+    commands in the order sent, so whatever a caller sends after an ack sees the ack applied.
+
+    ``send`` returns once the bytes are written to the socket (see "Pipelined acks" in the
+    module docstring). NOSCRIPT is answered by sending the script itself (EVAL). A lost
+    connection fails the awaited commands (their callers retry once) and keeps the unawaited
+    ones to be sent again, once, first thing on the next connection.
+    """
+
+    RESEND_LIMIT = 100_000  # unconfirmed acks kept for the next connection
+
+    def __init__(self, pool: aioredis.ConnectionPool, scripts: dict[str, str],
+                 shas: dict[str, str]) -> None:
+        self._pool = pool
+        self._scripts = scripts
+        self._shas = shas
+        self._conn: AbstractConnection | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: deque[_Sent] = deque()
+        self._resend: list[_Sent] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._opening = asyncio.Lock()
+        self._closed = False
+        self._drops: set[asyncio.Task[None]] = set()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def call(self, *args: Any) -> Any:
+        """One command; its reply."""
+        return (await self.calls([args]))[0]
+
+    async def calls(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands in one write; their replies (the first error reply raises)."""
+        return await self._ask(commands, None)
+
+    async def script(self, name: str, keys: Sequence[Any], args: Sequence[Any],
+                     *, wait: bool = True) -> Any:
+        """EVALSHA ``name`` (EVAL on NOSCRIPT); ``wait=False``: return once written."""
+        command = ("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        if not wait:
+            await self._write(_Sent([command], None, (name, keys, args)))
+            return None
+        return (await self._ask([command], (name, keys, args)))[0]
+
+    async def _ask(self, commands: list[tuple[Any, ...]],
+                   script: tuple[str, Sequence[Any], Sequence[Any]] | None) -> list[Any]:
+        """Send and wait for the replies; a connection lost before they came is reopened and
+        the commands sent once more."""
+        for attempt in (0, 1):
+            fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+            try:
+                try:
+                    await self._write(_Sent(commands, fut, script))
+                except BaseException:
+                    if fut.done() and not fut.cancelled():
+                        fut.exception()  # settled by the same failure: retrieved here
+                    raise
+                return await fut
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _write(self, sent: _Sent) -> None:
+        writer = self._writer
+        if writer is None or writer.transport.is_closing():
+            writer = await self._open()
+        self._put(writer, sent)
+        try:
+            await writer.drain()  # returns at once unless the socket's buffer is full
+        except (ConnectionError, OSError) as exc:  # the connection is gone: Redis never got it
+            self._lost(writer, exc)
+            raise RedisConnectionError(f"Error while writing to Redis: {exc}") from exc
+
+    def _put(self, writer: asyncio.StreamWriter, sent: _Sent) -> None:
+        """Write ``sent`` now (no await: writes go out in the order of the pending queue)."""
+        conn = self._conn
+        assert conn is not None
+        cmds = sent.commands
+        packed = conn.pack_command(*cmds[0]) if len(cmds) == 1 else conn.pack_commands(cmds)
+        self._pending.append(sent)
+        writer.writelines(packed)
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read(conn, writer))
+
+    async def _open(self) -> asyncio.StreamWriter:
+        async with self._opening:
+            writer = self._writer
+            if writer is not None and not writer.transport.is_closing():
+                return writer
+            if writer is not None:
+                self._lost(writer, RedisConnectionError("connection closed by the server"))
+            if self._closed:
+                raise RedisConnectionError("the broker is closed")
+            conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            writer = getattr(conn, "_writer", None)
+            if not isinstance(writer, asyncio.StreamWriter):  # not a socket connection
+                await self._pool.release(conn)
+                raise RedisConnectionError("redis-py connection without a stream writer")
+            self._conn, self._writer = conn, writer
+            # Scripts first: an EVALSHA refused with NOSCRIPT is sent again as EVAL, but
+            # behind whatever was sent meanwhile (an ack would land after a later read).
+            self._put(writer, _Sent([("SCRIPT", "LOAD", lua) for lua in self._scripts.values()],
+                                    None))
+            resend, self._resend = self._resend, []
+            for sent in resend:  # acks whose replies never came: once more (they are idempotent)
+                self._put(writer, sent)
+            return writer
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def _read(self, conn: AbstractConnection, writer: asyncio.StreamWriter) -> None:
+        """Read replies while any are outstanding on this connection (then end: the next
+        write starts a new reader)."""
+        pending = self._pending
+        try:
+            while pending and self._writer is writer:
+                try:
+                    reply = await conn.read_response()
+                except ResponseError as exc:
+                    reply = exc
+                head = pending[0]
+                head.replies.append(reply)
+                if len(head.replies) == len(head.commands):
+                    pending.popleft()
+                    self._settle(writer, head)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._lost(writer, exc)
+        except BaseException as exc:  # cancelled (closing), or a bug: the stream is unusable
+            self._lost(writer, RedisConnectionError(f"reading replies stopped: {exc!r}"))
+            raise
+        finally:
+            if self._reader is asyncio.current_task():
+                self._reader = None
+
+    def _settle(self, writer: asyncio.StreamWriter, sent: _Sent) -> None:
+        error = next((r for r in sent.replies if isinstance(r, ResponseError)), None)
+        if isinstance(error, NoScriptError) and sent.script is not None and not sent.evaled:
+            name, keys, args = sent.script  # a new or restarted Redis: send the script itself
+            sent.commands = [("EVAL", self._scripts[name], len(keys), *keys, *args)]
+            sent.replies = []
+            sent.evaled = True
+            self._put(writer, sent)
+            return
+        fut = sent.future
+        if fut is None:
+            if error is not None and sent.script is None:
+                log.debug("a pipelined command was refused by Redis: %s", error)
+            elif error is not None:
+                log.warning("a pipelined %s was refused by Redis (%s); its messages return "
+                            "after their lease", _what(sent), error)
+        elif not fut.done():
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(sent.replies)
+
+    def _lost(self, writer: asyncio.StreamWriter, exc: BaseException) -> None:
+        """The connection behind ``writer`` is gone: settle what was on it."""
+        if self._writer is not writer:
+            return  # already handled
+        conn = self._conn
+        self._conn = self._writer = None
+        self._reader = None  # the old one ends on its own
+        pending = list(self._pending)
+        self._pending.clear()
+        self._pending = deque()
+        for sent in pending:
+            if sent.future is not None:
+                if not sent.future.done():
+                    sent.future.set_exception(
+                        exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc)))
+            elif sent.unconfirmed == 0 and len(self._resend) < self.RESEND_LIMIT:
+                sent.unconfirmed = 1
+                sent.replies = []
+                self._resend.append(sent)
+            else:
+                log.warning("a pipelined %s was not confirmed (%s); if Redis did not apply it, "
+                            "its messages return after their lease", _what(sent), exc)
+        if conn is not None:
+            task = asyncio.get_running_loop().create_task(self._drop(conn))
+            self._drops.add(task)
+            task.add_done_callback(self._drops.discard)
+
+    async def _drop(self, conn: AbstractConnection) -> None:
+        with contextlib.suppress(Exception):
+            await conn.disconnect(nowait=True)
+        with contextlib.suppress(Exception):
+            await self._pool.release(conn)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Wait up to ``timeout`` seconds for outstanding replies (the last acks' among
+        them), then close."""
+        reader = self._reader
+        if reader is not None and not reader.done():
+            await asyncio.wait([reader], timeout=timeout)
+        self._closed = True
+        reader, self._reader = self._reader, None
+        writer = self._writer
+        if writer is not None:
+            self._lost(writer, RedisConnectionError("the broker is closed"))
+        if reader is not None and not reader.done():
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+        if self._drops:
+            await asyncio.gather(*self._drops, return_exceptions=True)
+        for sent in self._resend:
+            log.warning("a pipelined %s was not confirmed before closing; if Redis did not "
+                        "apply it, its messages return after their lease", _what(sent))
+        self._resend = []
+
+
+def _what(sent: _Sent) -> str:
+    return f"{sent.script[0]} of {len(sent.script[2])} message(s)" if sent.script else "command"
+
+
+
 # -- the broker -------------------------------------------------------------------------------
 
 
@@ -437,13 +719,14 @@ class RedisBroker:
             "health_check_interval": opts["health_check_interval"],
             "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), int(opts["connection_retries"])),
             "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+            **_NO_MAINT_NOTIFICATIONS,
         }
         self._client: aioredis.Redis | None = None
         self._where = "Redis"
         self._shas: dict[str, str] = {}
-        self._conn: AbstractConnection | None = None  # the fast path's own connection
-        self._conn_lock = asyncio.Lock()
+        self._pipe: _Pipeline | None = None  # every non-blocking command goes on it
         self._declared: set[tuple[str, str, str]] = set()
+        self._cleanups: set[asyncio.Future[None]] = set()  # watch connections going back
         self._take_keys: dict[tuple[str, ...], list[str]] = {}
 
     def __repr__(self) -> str:
@@ -466,19 +749,20 @@ class RedisBroker:
         client = aioredis.Redis(connection_pool=pool)
         self._shas = {name: sha1(lua.encode()).hexdigest() for name, lua in SCRIPTS.items()}
         self._client = client
-        self._conn_lock = asyncio.Lock()
+        self._pipe = _Pipeline(pool, SCRIPTS, self._shas)
         async with self._translate("connect"):
-            self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
             await self._call("PING")
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        conn, self._conn = self._conn, None
+        client = self._client
+        pipe, self._pipe = self._pipe, None
         self._declared.clear()
+        if self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
+        if pipe is not None:
+            await pipe.close()
+        self._client = None
         if client is not None:
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await client.connection_pool.release(conn)
             with contextlib.suppress(Exception):
                 await client.aclose()
             with contextlib.suppress(Exception):
@@ -490,38 +774,19 @@ class RedisBroker:
             raise BrokerConnectionError(f"{self!r} is not connected (call connect() first)")
         return client
 
+    def _pipeline(self) -> _Pipeline:
+        pipe = self._pipe
+        if pipe is None:
+            raise BrokerConnectionError(f"{self!r} is not connected (call connect() first)")
+        return pipe
+
     async def _call(self, *args: Any) -> Any:
-        """One command on the broker's own connection: one round trip and little else
-        (redis-py's per-command machinery costs as much as the round trip). Used by one
-        caller at a time; a concurrent caller goes through the pool. A connection that died
-        (Redis restarted) is reopened and the command sent once more."""
-        client = self._redis()
-        conn = self._conn
-        if conn is None or self._conn_lock.locked():
-            return await client.execute_command(*args)  # type: ignore[no-untyped-call]
-        async with self._conn_lock:
-            packed = conn.pack_command(*args)
-            for attempt in (0, 1):
-                try:
-                    await conn.send_packed_command(packed, check_health=False)
-                    return await conn.read_response()
-                except (RedisConnectionError, RedisTimeoutError, OSError):
-                    await conn.disconnect()
-                    if attempt:
-                        raise
-                except BaseException:  # cancelled mid-reply: the stream is out of step
-                    await conn.disconnect(nowait=True)
-                    raise
-        raise AssertionError("unreachable")
+        """One command, on the pipelined connection (see ``_Pipeline``)."""
+        return await self._pipeline().call(*args)
 
     async def _script(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """EVALSHA, loading the script on NOSCRIPT (a new or restarted Redis)."""
-        sha = self._shas[name]
-        try:
-            return await self._call("EVALSHA", sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self._call("SCRIPT", "LOAD", SCRIPTS[name])
-            return await self._call("EVALSHA", sha, len(keys), *keys, *args)
+        """EVALSHA (EVAL on NOSCRIPT: a new or restarted Redis)."""
+        return await self._pipeline().script(name, keys, args)
 
     @contextlib.asynccontextmanager
     async def _translate(self, doing: str) -> AsyncIterator[None]:
@@ -580,7 +845,7 @@ class RedisBroker:
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         if not messages:
             return
-        client = self._redis()
+        self._redis()
         keys = self.keys
         now = time.time()
         # (command, key, *args); consecutive entries for one list go in one LPUSH (in order:
@@ -607,17 +872,11 @@ class RedisBroker:
         if run:
             ops.append(("LPUSH", run_key, *run))
         async with self._translate("publish"):
-            await self._execute(client, ops)
+            await self._execute(ops)
 
-    async def _execute(self, client: aioredis.Redis, ops: list[tuple[Any, ...]]) -> list[Any]:
-        """Run ``ops`` in one round trip (a lone command goes without a pipeline)."""
-        if len(ops) == 1:
-            return [await self._call(*ops[0])]
-        pipe = client.pipeline(transaction=False)
-        for op in ops:
-            pipe.execute_command(*op)
-        result: list[Any] = await pipe.execute()
-        return result
+    async def _execute(self, ops: list[tuple[Any, ...]]) -> list[Any]:
+        """Run ``ops`` in one round trip."""
+        return await self._pipeline().calls(ops)
 
     def _keys_for(self, queues: Sequence[str]) -> list[str]:
         key = tuple(queues)
@@ -653,7 +912,7 @@ class RedisBroker:
         ops = [op for q in queues for op in self._declare("", q, q)]
         if ops:
             async with self._translate("declare queues"):
-                await self._execute(self._redis(), ops)
+                await self._execute(ops)
 
     async def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
         check_fetch_args(queues, max_count)
@@ -682,6 +941,8 @@ class RedisBroker:
         """
         client = self._redis()
         pool = client.connection_pool
+        if self._cleanups:  # the last wait's connections: back in the pool before reuse
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
         block = max(0.002, round(seconds, 3))
         conns: list[AbstractConnection] = []
         ids: dict[int, int] = {}
@@ -697,50 +958,71 @@ class RedisBroker:
             try:
                 for _ in keys:
                     conns.append(await pool.get_connection())  # type: ignore[no-untyped-call]
-                tasks = [asyncio.ensure_future(watch(i, c, k))
-                         for i, (c, k) in enumerate(zip(conns, keys, strict=True))]
+            except BaseException:
+                await self._end_watch([], conns, 0.0)
+                raise
+            tasks = [asyncio.ensure_future(watch(i, c, k))
+                     for i, (c, k) in enumerate(zip(conns, keys, strict=True))]
+            try:
                 done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                woke = any(t.exception() is None and t.result() is not None for t in done)
-                if pending and woke:
-                    await self._unblock(client, [ids[i] for i, t in enumerate(tasks)
-                                                 if t in pending and i in ids])
-                if pending:
-                    _, late = await asyncio.wait(pending, timeout=(0.5 if woke else block + 1.0))
-                    for t in late:
-                        t.cancel()
-                    for i, t in enumerate(tasks):
-                        if t in late:
-                            await conns[i].disconnect()
-                    await asyncio.gather(*pending, return_exceptions=True)
-                for t in tasks:
-                    if not t.cancelled() and t.exception() is not None:
-                        for c in conns:
-                            await c.disconnect()
-                        raise t.exception()  # type: ignore[misc]
-            finally:
-                for c in conns:
+            except BaseException:  # cancelled: the watches end with it
+                await self._end_watch(tasks, conns, 0.0)
+                raise
+            woke = any(t.exception() is None and t.result() is not None for t in done)
+            failed = next((t.exception() for t in done if t.exception() is not None), None)
+            if failed is not None:
+                await self._end_watch(tasks, conns, 0.0)
+                raise failed
+            if pending and woke:
+                await self._unblock([ids[i] for i, t in enumerate(tasks)
+                                     if t in pending and i in ids])
+            # The others end by themselves (unblocked, or their own timeout): the take runs now,
+            # and their connections go back to the pool in the background.
+            cleanup = asyncio.ensure_future(
+                self._end_watch(tasks, conns, 0.5 if woke else block + 1.0))
+            self._cleanups.add(cleanup)
+            cleanup.add_done_callback(self._cleanups.discard)
+
+    async def _end_watch(self, tasks: Sequence[asyncio.Future[Any]],
+                         conns: list[AbstractConnection],
+                         grace: float) -> None:
+        """Let the watches end within ``grace`` seconds (cancel and disconnect the late ones),
+        then give their connections back."""
+        pool = self._redis().connection_pool if self._client is not None else None
+        late: set[asyncio.Future[Any]] = {t for t in tasks if not t.done()}
+        if late and grace > 0:
+            _, late = await asyncio.wait(late, timeout=grace)
+        for t in late:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for i, c in enumerate(conns):
+            if i >= len(tasks) or tasks[i] in late or tasks[i].cancelled() \
+                    or tasks[i].exception() is not None:
+                with contextlib.suppress(Exception):
+                    await c.disconnect()
+            if pool is not None:
+                with contextlib.suppress(Exception):
                     await pool.release(c)
 
-    @staticmethod
-    async def _unblock(client: aioredis.Redis, client_ids: list[int]) -> None:
+    async def _unblock(self, client_ids: list[int]) -> None:
         if not client_ids:
             return
-        pipe = client.pipeline(transaction=False)
-        for cid in client_ids:
-            pipe.execute_command("CLIENT", "UNBLOCK", cid)
-        with contextlib.suppress(RedisError):
-            await pipe.execute()  # refused (ACLs)? the waits end by timeout or cancellation
+        with contextlib.suppress(RedisError):  # refused (ACLs)? the waits end by timeout
+            await self._execute([("CLIENT", "UNBLOCK", cid) for cid in client_ids])
 
     def _by_tag(self) -> list[str]:
         k = self.keys
         return [k.inflight, k.leases, k.redelivered, k.inflight_count]
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Returns once the ack is written to the socket (see "Pipelined acks" above)."""
         if not deliveries:
             return
         self._redis()
         async with self._translate("ack"):
-            await self._script("ack", self._by_tag(), [d.tag for d in deliveries])
+            await self._pipeline().script("ack", self._by_tag(), [d.tag for d in deliveries],
+                                          wait=False)
 
     async def requeue(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
@@ -782,34 +1064,33 @@ class RedisBroker:
     async def purge(self, queues: Sequence[str]) -> int:
         if not queues:
             return 0
-        pipe = self._redis().pipeline(transaction=True)
-        counted = 0
+        self._redis()
+        ops: list[tuple[Any, ...]] = [("MULTI",)]
         for q in queues:
-            for key in self._waiting_keys(q):
-                pipe.llen(key)
-                counted += 1
-            pipe.zcard(self.keys.delayed(q))
-            counted += 1
-        pipe.delete(*[k for q in queues for k in (*self._waiting_keys(q), self.keys.delayed(q))])
+            ops += [("LLEN", key) for key in self._waiting_keys(q)]
+            ops.append(("ZCARD", self.keys.delayed(q)))
+        counted = len(ops) - 1
+        ops.append(("DEL", *[k for q in queues
+                             for k in (*self._waiting_keys(q), self.keys.delayed(q))]))
+        ops.append(("EXEC",))
         async with self._translate("purge"):
-            results = await pipe.execute()
+            results = (await self._execute(ops))[-1]
         return sum(int(n) for n in results[:counted])
 
     async def queue_size(self, queue: str) -> int:
-        pipe = self._redis().pipeline(transaction=False)
-        for key in self._waiting_keys(queue):
-            pipe.llen(key)
-        pipe.zcard(self.keys.delayed(queue))
-        pipe.hget(self.keys.inflight_count, queue)
+        self._redis()
+        ops: list[tuple[Any, ...]] = [("LLEN", key) for key in self._waiting_keys(queue)]
+        ops += [("ZCARD", self.keys.delayed(queue)), ("HGET", self.keys.inflight_count, queue)]
         async with self._translate("count a queue"):
-            *sizes, inflight = await pipe.execute()
+            *sizes, inflight = await self._execute(ops)
         return sum(int(n) for n in sizes) + int(inflight or 0)
 
     async def dead_letters(self, limit: int = 100) -> list[tuple[Delivery, str]]:
         if limit <= 0:
             return []
         async with self._translate("read dead letters"):
-            raw = await self._redis().lrange(self.keys.dead_letter, 0, limit - 1)
+            self._redis()
+            raw = await self._call("LRANGE", self.keys.dead_letter, 0, limit - 1)
         out: list[tuple[Delivery, str]] = []
         for item in raw:
             try:
