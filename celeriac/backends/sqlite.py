@@ -10,15 +10,10 @@ listening process (``celeriac.utils.wakeup``). In each backend one waiter task o
 listener and resolves a future per waiting call, so any number of ``wait()`` calls share one
 socket and one query per wakeup.
 
-Statements run on the event loop thread: they take tens of microseconds (WAL,
-``synchronous=NORMAL``), less than a hop to a thread would. The one slow thing, the WAL
-checkpoint (it copies pages into the database and fsyncs it, 5-10 ms), is taken off the loop:
-this connection never checkpoints automatically; after every ``CHECKPOINT_ROWS`` written rows
-a passive checkpoint runs in a worker thread on a connection of its own.
-
-Nor does the loop ever sleep in SQLite's busy handler: the connection has no busy timeout;
-a statement that finds another process holding the write lock is retried after a short
-``asyncio.sleep`` (sub-millisecond, growing to 5 ms, with jitter), up to ``busy_timeout``.
+Statements run on the event loop thread; how the file is opened, how a busy file is waited
+for (never by sleeping in SQLite on the loop) and who checkpoints the WAL (a thread, never a
+COMMIT on the loop) is shared with the SQLite broker, which by default uses the same file:
+``celeriac.utils.sqlite``.
 """
 
 from __future__ import annotations
@@ -26,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,18 +36,13 @@ from celeriac.backends._common import (
     task_id_of,
 )
 from celeriac.backends.base import Meta
-from celeriac.errors import BackendError, ConfigurationError
+from celeriac.errors import BackendError
+from celeriac.utils.sqlite import MEMORY, Database, path_from_url
 from celeriac.utils.wakeup import Listener, Notifier, channel_directory
 
-DEFAULT_PATH = "celeriac.sqlite3"
 TABLE = "celeriac_results"
 CHANNEL = "results"
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's variable limit
-CHECKPOINT_ROWS = 2000  # rows written between two checkpoints (about 1000 WAL pages)
-# A WAL restarts from its beginning only when a write finds it fully copied; a writer that
-# never pauses keeps a thread's checkpoint behind, and the WAL grows. Past this many frames
-# the loop's own connection checkpoints (once, ~10 ms), after which the WAL restarts.
-WAL_FRAMES_LIMIT = 8000
 
 _SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -84,71 +73,18 @@ _READY = "status IN ({})".format(", ".join(f"'{s}'" for s in sorted(states.READY
 
 
 def sqlite_path(url: str) -> str:
-    """The database file of a ``sqlite://`` URL, as an absolute path.
-
-    ``sqlite:///rel.db`` is relative to the current directory, ``sqlite:////abs.db`` is
-    absolute, bare ``sqlite://`` is ``./celeriac.sqlite3`` (the SQLite broker's default file).
-    """
-    scheme, sep, rest = url.partition("://")
-    if scheme.lower() != "sqlite" or not sep:
-        raise ConfigurationError(f"not a sqlite backend URL: {url!r}")
-    rest = rest.split("?", 1)[0]
-    if rest in ("", "/"):
-        path = DEFAULT_PATH
-    elif rest.startswith("/"):
-        path = rest[1:]
-    else:
-        raise ConfigurationError(
-            f"a sqlite URL has no host: use sqlite:///relative.db or sqlite:////abs.db, not {url!r}"
-        )
-    return path if path == ":memory:" else os.path.abspath(path)
+    """The database file of a ``sqlite://`` URL (see ``celeriac.utils.sqlite.path_from_url``),
+    made absolute; bare ``sqlite://`` is the SQLite broker's default file."""
+    path = path_from_url(url, "backend")
+    return path if path == MEMORY else os.path.abspath(path)
 
 
-@contextlib.contextmanager
-def _translated(action: str) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise BackendError(f"sqlite result backend: {action} failed: {exc}") from exc
+def _translate(exc: Exception, doing: str) -> BackendError:
+    return BackendError(f"sqlite result backend: {doing} failed: {exc}")
 
 
-def _is_busy(exc: sqlite3.Error) -> bool:
-    """Another connection holds the lock (SQLITE_BUSY / SQLITE_LOCKED, any extended code)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    return "locked" in str(exc) or "busy" in str(exc)
-
-
-def _in_transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-    """``fn`` in one write transaction; ``IMMEDIATE`` takes the write lock up front, so a
-    busy database fails at ``BEGIN`` (and is retried whole), never half-way."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(db)
-        db.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        raise
-    return result
-
-
-def _checkpoint(path: str, busy_timeout: float) -> int:
-    """Copy the WAL into the database (runs in a worker thread, on its own connection);
-    return how many frames the WAL held (0 if unknown).
-
-    ``PASSIVE`` never blocks readers or writers; pages it cannot copy yet wait for the next.
-    """
-    try:
-        db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
-        try:
-            row = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return 0
-    return int(row[1]) if row and row[1] > 0 else 0
+def _prepare(db: sqlite3.Connection) -> None:
+    db.create_function("celeriac_may_replace", 2, states.may_replace, deterministic=True)
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -183,14 +119,11 @@ class SQLiteBackend:
         self.busy_timeout = busy_timeout
         self.recheck_interval = recheck_interval
         self.options = options
-        self._db: sqlite3.Connection | None = None
+        self._db: Database | None = None
         self._notifier: Notifier | None = None
         self._listener: Listener | None = None
         self._waiters: dict[str, dict[asyncio.Future[Meta], None]] = {}
         self._waiter_task: asyncio.Task[None] | None = None
-        self._rows_since_checkpoint = 0
-        self._checkpointing: asyncio.Future[int] | None = None
-        self._wal_frames = 0
 
     def __repr__(self) -> str:
         return f"<SQLiteBackend {self.path}>"
@@ -200,9 +133,15 @@ class SQLiteBackend:
     async def connect(self) -> None:
         await self._connection()
 
-    async def _connection(self) -> sqlite3.Connection:
+    async def _connection(self) -> Database:
         if self._db is None:
-            db = await self._retry("opening the database", self._open)
+            db = await Database.open(
+                self.path,
+                busy_timeout=self.busy_timeout,
+                translate=_translate,
+                prepare=_prepare,
+                schema=_SCHEMA,
+            )
             if self._db is None:  # another coroutine may have opened it meanwhile
                 self._db = db
                 self._notifier = Notifier(channel_directory(self.path, CHANNEL))
@@ -210,47 +149,11 @@ class SQLiteBackend:
                 db.close()
         return self._db
 
-    def _open(self) -> sqlite3.Connection:
-        # timeout=0: no busy handler sleeping on the event loop thread (see _retry)
-        db = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.execute("PRAGMA wal_autocheckpoint = 0")  # see _after_write
-            db.execute(f"PRAGMA journal_size_limit = {16 << 20}")
-            db.create_function("celeriac_may_replace", 2, states.may_replace, deterministic=True)
-            for statement in _SCHEMA:
-                db.execute(statement)
-        except BaseException:
-            db.close()
-            raise
-        return db
-
-    async def _retry(self, action: str, fn: Callable[[], _T]) -> _T:
-        """``fn()``, again after a short sleep while the database is busy, up to
-        ``busy_timeout``; sqlite3 errors become ``BackendError``."""
-        deadline: float | None = None
-        delay = 0.0002
-        while True:
-            with _translated(action):
-                try:
-                    return fn()
-                except sqlite3.OperationalError as exc:
-                    now = time.monotonic()
-                    if deadline is None:
-                        deadline = now + self.busy_timeout
-                    if not _is_busy(exc) or now >= deadline:
-                        raise
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 0.005)
-
     async def _read(self, action: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        db = await self._connection()
-        return await self._retry(action, lambda: fn(db))
+        return await (await self._connection()).read(action, fn)
 
     async def _write(self, action: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        db = await self._connection()
-        return await self._retry(action, lambda: _in_transaction(db, fn))
+        return await (await self._connection()).write(action, fn)
 
     async def close(self) -> None:
         task, self._waiter_task = self._waiter_task, None
@@ -259,11 +162,6 @@ class SQLiteBackend:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._fail_waiters(BackendError("the result backend was closed"))
-        if self._checkpointing is not None:
-            self._rows_since_checkpoint = 0  # no further checkpoint chained after this one
-            with contextlib.suppress(Exception):
-                await self._checkpointing
-            self._checkpointing = None
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -271,9 +169,8 @@ class SQLiteBackend:
             self._notifier.close()
             self._notifier = None
         if self._db is not None:
-            with _translated("closing the database"):
-                self._db.close()
-            self._db = None
+            db, self._db = self._db, None
+            db.close()
 
     # -- writing ------------------------------------------------------------------------
 
@@ -286,7 +183,6 @@ class SQLiteBackend:
         await self._write("store", lambda db: db.executemany(_UPSERT, rows))
         if self._notifier is not None and any(r[1] in states.READY_STATES for r in rows):
             self._notifier.notify()
-        self._after_write(len(rows))
 
     async def forget(self, task_ids: Sequence[str]) -> None:
         def delete(db: sqlite3.Connection) -> None:
@@ -295,7 +191,6 @@ class SQLiteBackend:
 
         if task_ids:
             await self._write("forget", delete)
-            self._after_write(len(task_ids))
 
     async def expire(self) -> int:
         """Delete expired rows, a few thousand per transaction so that other writers and
@@ -313,38 +208,9 @@ class SQLiteBackend:
         while True:
             deleted = await self._write("expire", delete_some)
             total += deleted
-            self._after_write(deleted)
             if deleted < 5000:
                 return total
             await asyncio.sleep(0)
-
-    def _after_write(self, rows: int) -> None:
-        """Start a checkpoint in a thread once enough rows were written since the last."""
-        self._rows_since_checkpoint += rows
-        if self._rows_since_checkpoint >= CHECKPOINT_ROWS:
-            self._start_checkpoint()
-
-    def _start_checkpoint(self) -> None:
-        if self._checkpointing is not None and not self._checkpointing.done():
-            return
-        self._rows_since_checkpoint = 0
-        if self._wal_frames > WAL_FRAMES_LIMIT and self._db is not None:
-            self._wal_frames = 0
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            return
-        loop = asyncio.get_running_loop()
-        self._checkpointing = fut = loop.run_in_executor(None, _checkpoint, self.path, self.busy_timeout)
-        fut.add_done_callback(self._checkpointed)
-
-    def _checkpointed(self, fut: asyncio.Future[int]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        self._wal_frames = fut.result()
-        # Rows written while it ran are not copied yet: go again at once, so the copies
-        # catch up with the writes and a write can restart the WAL.
-        if self._rows_since_checkpoint and self._wal_frames and self._db is not None:
-            self._start_checkpoint()
 
     # -- reading ------------------------------------------------------------------------
 

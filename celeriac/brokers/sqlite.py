@@ -17,17 +17,18 @@ Layout (one table of live messages, one of dead letters)::
 
 Statements are short and run on the event loop's thread; only *waiting* is asynchronous: the
 publisher notifies after its commit (``celeriac.utils.wakeup``), and an idle fetch sleeps until
-a notification, the next due time, or ``poll_interval``, whichever is first.
+a notification, the next due time, or ``poll_interval``, whichever is first. How the file is
+opened, how a busy file is waited for and who checkpoints the WAL (shared with the result
+backend, which by default uses the same file) is ``celeriac.utils.sqlite``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -42,16 +43,17 @@ from celeriac.brokers._common import (
 from celeriac.brokers.base import DEFAULT_LEASE_SECONDS
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 from celeriac.message import Delivery, Envelope, Outgoing
+from celeriac.utils import sqlite
+from celeriac.utils.sqlite import Database
 from celeriac.utils.wakeup import Listener, Notifier, channel_directory
 
-DEFAULT_PATH = "celeriac.sqlite3"
 DEFAULT_POLL_INTERVAL = 2.0
 DEFAULT_BUSY_TIMEOUT = 5.0
 #: Bound parameters per statement (SQLite allows 32766; stay well clear).
 _CHUNK = 4000
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS celeriac_messages (
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS celeriac_messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
     priority INTEGER NOT NULL DEFAULT 0,
@@ -63,12 +65,12 @@ CREATE TABLE IF NOT EXISTS celeriac_messages (
     content_encoding TEXT NOT NULL,
     headers BLOB NOT NULL,
     properties BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS celeriac_messages_ready
-    ON celeriac_messages (queue, priority DESC, id) WHERE ready = 1;
-CREATE INDEX IF NOT EXISTS celeriac_messages_pending
-    ON celeriac_messages (visible_at) WHERE ready = 0;
-CREATE TABLE IF NOT EXISTS celeriac_dead_letters (
+    )""",
+    """CREATE INDEX IF NOT EXISTS celeriac_messages_ready
+    ON celeriac_messages (queue, priority DESC, id) WHERE ready = 1""",
+    """CREATE INDEX IF NOT EXISTS celeriac_messages_pending
+    ON celeriac_messages (visible_at) WHERE ready = 0""",
+    """CREATE TABLE IF NOT EXISTS celeriac_dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id INTEGER,
     queue TEXT NOT NULL,
@@ -81,8 +83,8 @@ CREATE TABLE IF NOT EXISTS celeriac_dead_letters (
     properties BLOB NOT NULL,
     reason TEXT NOT NULL,
     dead_at REAL NOT NULL
-);
-"""
+    )""",
+]
 
 _INSERT = (
     "INSERT INTO celeriac_messages (queue, priority, ready, visible_at, body, content_type,"
@@ -117,23 +119,10 @@ def _take_many_queues(n: int) -> str:
 
 
 def path_from_url(url: str) -> str:
-    """The database path of a ``sqlite://`` URL, read as SQLAlchemy reads it.
-
-    ``sqlite:///rel/path.db`` is relative, ``sqlite:////abs/path.db`` absolute, and a bare
-    ``sqlite://`` means ``./celeriac.sqlite3``.
-    """
-    scheme, sep, rest = url.partition("://")
-    if scheme != "sqlite" or not sep:
-        raise ConfigurationError(f"not a SQLite broker URL: {url!r}")
-    rest = rest.split("?", 1)[0]
-    if rest in ("", "/"):
-        return DEFAULT_PATH
-    if not rest.startswith("/"):
-        raise ConfigurationError(
-            f"SQLite URL {url!r} names a host; use sqlite:///relative.db or sqlite:////abs.db"
-        )
-    path = rest[1:]
-    if path == ":memory:" or path.startswith("file:"):
+    """The database path of a ``sqlite://`` URL (see ``celeriac.utils.sqlite.path_from_url``);
+    an in-memory database is refused: the broker is shared by processes."""
+    path = sqlite.path_from_url(url, "broker")
+    if path == sqlite.MEMORY or path.startswith("file:"):
         raise ConfigurationError(
             "the SQLite broker needs a file shared by its processes; use memory:// for an "
             "in-process broker"
@@ -141,9 +130,11 @@ def path_from_url(url: str) -> str:
     return path
 
 
-def _translate(exc: sqlite3.Error, doing: str) -> BrokerError:
+def _translate(exc: Exception, doing: str) -> BrokerError:
     text = f"SQLite broker failed to {doing}: {exc}"
-    if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+    if isinstance(exc, OSError) or (
+        isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc)
+    ):
         return BrokerConnectionError(text)
     return BrokerError(text)
 
@@ -180,7 +171,7 @@ class SQLiteBroker:
         self.lease_seconds = positive_seconds(opts["lease_seconds"], "lease_seconds", where)
         self.poll_interval = positive_seconds(opts["poll_interval"], "poll_interval", where)
         self.busy_timeout = positive_seconds(opts["busy_timeout"], "busy_timeout", where)
-        self._db: sqlite3.Connection | None = None
+        self._db: Database | None = None
         self._notifier: Notifier | None = None
         self._listener: Listener | None = None
         self._listener_loop: asyncio.AbstractEventLoop | None = None
@@ -194,55 +185,14 @@ class SQLiteBroker:
     async def connect(self) -> None:
         if self._db is not None:
             return
-        try:
-            parent = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(parent, exist_ok=True)
-            db = sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-                cached_statements=64,
-            )
-        except (sqlite3.Error, OSError) as exc:
-            raise BrokerConnectionError(f"cannot open SQLite broker {self.path!r}: {exc}") from exc
-        try:
-            self._set_up(db)
-        except sqlite3.Error as exc:
+        db = await Database.open(
+            self.path, busy_timeout=self.busy_timeout, translate=_translate, schema=_SCHEMA
+        )
+        if self._db is not None:  # another coroutine connected meanwhile
             db.close()
-            raise _translate(exc, "create its schema") from exc
+            return
         self._db = db
         self._notifier = Notifier(channel_directory(self.path, "broker"))
-
-    def _set_up(self, db: sqlite3.Connection) -> None:
-        db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        # Switching to WAL needs a moment alone with the file; another process may be doing
-        # the same right now, and this step does not always go through the busy handler.
-        deadline = time.monotonic() + self.busy_timeout
-        while True:
-            try:
-                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-        if str(mode).lower() != "wal":
-            raise sqlite3.OperationalError(f"could not switch {self.path!r} to WAL (got {mode})")
-        db.execute("PRAGMA synchronous = NORMAL")
-        # A page cache big enough for a batch of a few thousand messages: batched publish
-        # and fetch write far fewer pages twice (measured: about a third faster).
-        db.execute("PRAGMA cache_size = -16000")
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -253,31 +203,14 @@ class SQLiteBroker:
             self._notifier = None
         if self._db is not None:
             db, self._db = self._db, None
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(BrokerError):
                 db.close()
 
-    def _conn(self) -> sqlite3.Connection:
+    def _database(self) -> Database:
         db = self._db
         if db is None:
             raise BrokerConnectionError(f"{self!r} is not connected (call connect() first)")
         return db
-
-    @contextlib.contextmanager
-    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``: take the write lock up front, so the busy
-        handler waits for it instead of failing on a read-to-write upgrade."""
-        db = self._conn()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise _translate(exc, doing) from exc
 
     def _notify(self) -> None:
         if self._notifier is not None:
@@ -303,18 +236,15 @@ class SQLiteBroker:
             )
             for out in messages
         ]
+        database = self._database()
         if len(rows) == 1:
-            db = self._conn()
-            try:
-                db.execute(_INSERT, rows[0])  # autocommit: one statement, one transaction
-            except sqlite3.Error as exc:
-                raise _translate(exc, "publish") from exc
+            # autocommit: one statement, one transaction
+            await database.write("publish", lambda db: db.execute(_INSERT, rows[0]), transaction=False)
         else:
-            with self._transaction("publish") as db:
-                db.executemany(_INSERT, rows)
+            await database.write("publish", lambda db: db.executemany(_INSERT, rows))
         self._notify()
 
-    def _take(self, queues: Sequence[str], max_count: int) -> list[Delivery]:
+    async def _take(self, queues: Sequence[str], max_count: int) -> list[Delivery]:
         now = time.time()
         n = len(queues)
         if n == 0:
@@ -328,9 +258,12 @@ class SQLiteBroker:
                 args += (q, max_count)
             args.append(max_count)
             params = tuple(args)
-        with self._transaction("fetch") as db:
+
+        def take(db: sqlite3.Connection) -> list[Any]:
             db.execute(_PROMOTE, (now,))
-            rows = db.execute(sql, params).fetchall()
+            return db.execute(sql, params).fetchall()
+
+        rows = await self._database().write("fetch", take)
         if not rows:
             return []
         # RETURNING gives rows in no promised order: restore queue order, priority, FIFO.
@@ -341,11 +274,8 @@ class SQLiteBroker:
             rows.sort(key=lambda r: (pos[r[1]], -r[2], r[0]))
         return [_delivery(r) for r in rows]
 
-    def _next_due_in(self) -> float | None:
-        try:
-            due = self._conn().execute(_NEXT_DUE).fetchone()[0]
-        except sqlite3.Error as exc:
-            raise _translate(exc, "fetch") from exc
+    async def _next_due_in(self) -> float | None:
+        due = await self._database().read("fetch", lambda db: db.execute(_NEXT_DUE).fetchone()[0])
         return None if due is None else float(due) - time.time()
 
     def _listener_for_loop(self) -> Listener:
@@ -364,7 +294,7 @@ class SQLiteBroker:
         while True:
             if listener is not None:
                 listener.arm()  # arm -> query -> wait: a commit after the query wakes us
-            got = self._take(queues, max_count)
+            got = await self._take(queues, max_count)
             if got:
                 return got
             remaining = deadline - time.monotonic()
@@ -373,19 +303,23 @@ class SQLiteBroker:
             if listener is None:
                 listener = self._listener_for_loop()
                 continue  # look once more, now armed
-            await listener.wait(idle_wait(remaining, self._next_due_in(), self.poll_interval))
+            next_due_in = await self._next_due_in()
+            await listener.wait(idle_wait(remaining, next_due_in, self.poll_interval))
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
         tags = [d.tag for d in deliveries]
-        with self._transaction("ack") as db:
+
+        def delete(db: sqlite3.Connection) -> None:
             for i in range(0, len(tags), _CHUNK):
                 chunk = tags[i : i + _CHUNK]
                 db.execute(
                     f"DELETE FROM celeriac_messages WHERE id IN ({','.join('?' * len(chunk))})",
                     chunk,
                 )
+
+        await self._database().write("ack", delete)
 
     def _fenced(
         self,
@@ -413,8 +347,9 @@ class SQLiteBroker:
     async def requeue(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
-        with self._transaction("requeue") as db:
-            changed = self._fenced(db, "ready = 1, visible_at = 0", (), deliveries)
+        changed = await self._database().write(
+            "requeue", lambda db: self._fenced(db, "ready = 1, visible_at = 0", (), deliveries)
+        )
         if changed:
             self._notify()
 
@@ -422,13 +357,16 @@ class SQLiteBroker:
         if not deliveries:
             return
         until = time.time() + self.lease_seconds
-        with self._transaction("renew") as db:
-            # ready = 0 also takes back a lapsed lease that nobody has taken since.
-            self._fenced(db, "ready = 0, visible_at = ?", (until,), deliveries)
+        # ready = 0 also takes back a lapsed lease that nobody has taken since.
+        await self._database().write(
+            "renew", lambda db: self._fenced(db, "ready = 0, visible_at = ?", (until,), deliveries)
+        )
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         env = delivery.envelope
-        with self._transaction("dead-letter") as db:
+        now = time.time()
+
+        def move(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT INTO celeriac_dead_letters (message_id, queue, priority, deliveries,"
                 " body, content_type, content_encoding, headers, properties, reason, dead_at)"
@@ -444,47 +382,41 @@ class SQLiteBroker:
                     orjson.dumps(env.headers),
                     orjson.dumps(env.properties),
                     str(reason),
-                    time.time(),
+                    now,
                 ),
             )
             db.execute("DELETE FROM celeriac_messages WHERE id = ?", (delivery.tag,))
+
+        await self._database().write("dead-letter", move)
 
     async def purge(self, queues: Sequence[str]) -> int:
         if not queues:
             return 0
         marks = ",".join("?" * len(queues))
-        with self._transaction("purge") as db:
-            # Waiting = ready, delayed, or a lapsed lease; live leases stay with their holders.
-            cur = db.execute(
-                f"DELETE FROM celeriac_messages WHERE queue IN ({marks})"
-                " AND (ready = 1 OR deliveries = 0 OR visible_at <= ?)",
-                (*queues, time.time()),
-            )
-            return cur.rowcount
+        now = time.time()
+        # Waiting = ready, delayed, or a lapsed lease; live leases stay with their holders.
+        sql = (
+            f"DELETE FROM celeriac_messages WHERE queue IN ({marks})"
+            " AND (ready = 1 OR deliveries = 0 OR visible_at <= ?)"
+        )
+        return await self._database().write(
+            "purge", lambda db: db.execute(sql, (*queues, now)).rowcount
+        )
 
     async def queue_size(self, queue: str) -> int:
-        try:
-            row = (
-                self._conn()
-                .execute("SELECT count(*) FROM celeriac_messages WHERE queue = ?", (queue,))
-                .fetchone()
-            )
-        except sqlite3.Error as exc:
-            raise _translate(exc, "count a queue") from exc
+        sql = "SELECT count(*) FROM celeriac_messages WHERE queue = ?"
+        row = await self._database().read(
+            "count a queue", lambda db: db.execute(sql, (queue,)).fetchone()
+        )
         return int(row[0])
 
     async def dead_letters(self, limit: int = 100) -> list[tuple[Delivery, str]]:
-        try:
-            rows = (
-                self._conn()
-                .execute(
-                    "SELECT message_id, queue, priority, deliveries, body, content_type,"
-                    " content_encoding, headers, properties, reason FROM celeriac_dead_letters"
-                    " ORDER BY id DESC LIMIT ?",
-                    (max(limit, 0),),
-                )
-                .fetchall()
-            )
-        except sqlite3.Error as exc:
-            raise _translate(exc, "read dead letters") from exc
+        sql = (
+            "SELECT message_id, queue, priority, deliveries, body, content_type,"
+            " content_encoding, headers, properties, reason FROM celeriac_dead_letters"
+            " ORDER BY id DESC LIMIT ?"
+        )
+        rows = await self._database().read(
+            "read dead letters", lambda db: db.execute(sql, (max(limit, 0),)).fetchall()
+        )
         return [(_delivery(r[:9]), r[9]) for r in rows]

@@ -225,12 +225,13 @@ def test_killed_worker_task_runs_again_after_its_lease(
     env = {"CELERIAC_TEST_LEASE": "1"}
     marker = tmp_path / "runs"
     first = start_worker("-P", "solo", env=env)
-    res = basic_app.sleep_late.delay(0.8, str(marker))
+    res = basic_app.sleep_late.delay(3.0, str(marker))
     wait_until(lambda: marker.exists())
-    first.proc.send_signal(signal.SIGKILL)
+    first.proc.send_signal(signal.SIGKILL)  # mid-task: the task sleeps 3 s
     first.proc.wait(5)
+    assert res.state == states.PENDING
     start_worker("-P", "solo", env=env)
-    assert res.get(timeout=15) == 0.8
+    assert res.get(timeout=20) == 3.0
     assert len(marker.read_text().split()) == 2
 
 
@@ -268,8 +269,7 @@ def test_link_chain_and_group(basic_app: Any, start_worker: Any, tmp_path: Path)
     )
     with pytest.raises(ValueError):
         failing.get(timeout=10)
-    wait_until(err_marker.exists)
-    assert err_marker.read_text() == failing.id
+    wait_until(lambda: err_marker.exists() and err_marker.read_text() == failing.id)
 
 
 def test_idle_worker_costs_almost_no_cpu_and_wakes_at_once(
