@@ -366,7 +366,8 @@ class Worker:
             await self.broker.publish(follow)
         if len(self.results) > self.prefetch * 4:
             await self.results.flush()
-        self.results.add((meta, delivery if acks_late else None))
+        if meta is not None or acks_late:
+            self.results.add((meta, delivery if acks_late else None))
 
     def _meta(self, msg: TaskMessage, status: str, result: Any, tb: str | None) -> Meta:
         if self.app.conf.result_extended:
