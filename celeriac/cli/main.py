@@ -17,7 +17,7 @@ from celeriac import __version__
 from celeriac.app import Celeriac
 from celeriac.cli.app_loader import find_app
 from celeriac.config import redact_url
-from celeriac.errors import CeleriacError
+from celeriac.errors import CeleriacError, ConfigurationError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -79,8 +79,9 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
 
 
 @cli.command()
-@click.option("-P", "--pool", default="solo", show_default=True,
-              type=click.Choice(["solo", "threads", "asyncio", "prefork", "gevent", "eventlet"]))
+@click.option("-P", "--pool", default=None,
+              type=click.Choice(["solo", "threads", "asyncio", "prefork", "gevent", "eventlet"]),
+              help="Where tasks run [default: worker_pool, i.e. prefork].")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks at once.")
 @click.option("-Q", "--queues", help="Comma-separated queues to consume.")
 @click.option("-n", "--hostname", help="Node name, e.g. worker1@%h.")
@@ -100,7 +101,7 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
               help="Soft time limit of every task, seconds (task_soft_time_limit).")
 @click.pass_obj
 @_fail_cleanly
-def worker(state: State, pool: str, concurrency: int | None, queues: str | None,
+def worker(state: State, pool: str | None, concurrency: int | None, queues: str | None,
            hostname: str | None, loglevel: str, prefetch_multiplier: int | None,
            shutdown_timeout: float | None, max_tasks_per_child: int | None,
            max_memory_per_child: int | None, autoscale: str | None, time_limit: float | None,
@@ -119,6 +120,15 @@ def worker(state: State, pool: str, concurrency: int | None, queues: str | None,
     )
     app = state.app
     app.import_modules()
+    if pool is None:
+        pool = app.conf.worker_pool or "prefork"
+        if not isinstance(pool, str):
+            raise ConfigurationError("worker_pool must name a pool (prefork, threads, ...)")
+        if pool == "gevent":
+            raise ConfigurationError(
+                "worker_pool = 'gevent' needs -P gevent on the command line: gevent must patch "
+                "the standard library before the app is imported"
+            )
     if time_limit is not None:
         app.conf.task_time_limit = time_limit
     if soft_time_limit is not None:
