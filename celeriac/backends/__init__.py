@@ -22,6 +22,7 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
     "redis": ("celeriac.backends.redis:RedisBackend", "redis"),
     "rediss": ("celeriac.backends.redis:RedisBackend", "redis"),
     "unix": ("celeriac.backends.redis:RedisBackend", "redis"),
+    "sentinel": ("celeriac.backends.redis:RedisBackend", "redis"),
     "rpc": ("celeriac.backends.rpc:RPCBackend", "amqp"),
     "db": ("celeriac.backends.sql:SQLBackend", "sql"),
     "cache": ("celeriac.backends.memcached:MemcachedBackend", "memcached"),

@@ -41,6 +41,16 @@ from celeriac.backends._common import check_expires, decode_meta, encode_meta, s
 from celeriac.backends.base import Meta
 from celeriac.config import redact_url
 from celeriac.errors import BackendError, ConfigurationError
+from celeriac.utils.redis_urls import (
+    SENTINEL_OPTIONS,
+    BlockingSentinelConnectionPool,
+    SentinelAddress,
+    close_pool,
+    is_sentinel_url,
+    parse_sentinel_url,
+    redis_py_url,
+    sentinel_pool,
+)
 
 __all__ = ["DEFAULT_EXPIRES", "GROUP_KEY_PREFIX", "TASK_KEY_PREFIX", "RedisBackend"]
 
@@ -212,7 +222,13 @@ class RedisBackend:
 
     ``url``: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS; certificate
     options as redis-py's query parameters), ``redis+socket:///path/to/socket[?db=N]`` or
-    ``unix:///path/to/socket``.
+    ``unix:///path/to/socket``; or Celery's Sentinel form,
+    ``sentinel://[:password@]host:port[;sentinel://host:port...][/db]``, with the master's name
+    in ``master_name`` (``result_backend_transport_options``; also ``sentinel_kwargs`` and
+    ``min_other_sentinels``). Behind sentinels every connection, the listener's included,
+    finds the current master when it connects, so ``store``/``get``/``wait`` follow a
+    failover. Replication is asynchronous: results the dead master had not yet passed to the
+    replica are lost with it (a waiter then waits until its timeout).
 
     ``expires``: seconds a result is kept (Celery's ``result_expires``). Every key written has
     a TTL: ``None`` and 0, which mean "never" in Celery, mean the default day here.
@@ -237,7 +253,20 @@ class RedisBackend:
         ping_interval: float = 10.0,
         **options: Any,
     ) -> None:
-        self._url = _redis_py_url(url)
+        sentinel_options = {k: options.pop(k) for k in SENTINEL_OPTIONS if k in options}
+        self._sentinel: SentinelAddress | None = None
+        self._sentinel_options: dict[str, Any] = {}
+        if is_sentinel_url(url):
+            self._sentinel = parse_sentinel_url(url, "redis result backend")
+            self._url = ""
+            self._sentinel_options = sentinel_options
+            if not sentinel_options.get("master_name"):
+                raise ConfigurationError(
+                    "redis result backend: a sentinel:// URL needs "
+                    "result_backend_transport_options={'master_name': '<name>'}"
+                )
+        else:
+            self._url = redis_py_url(url, "redis result backend")
         self.url = redact_url(url)
         self.expires = check_expires(expires) or float(DEFAULT_EXPIRES)
         if self.expires.is_integer():
@@ -267,7 +296,11 @@ class RedisBackend:
         }
         if not self._url.startswith("unix:"):
             self._pool_options.setdefault("socket_keepalive", True)
-        self._where = _check_url(self._url, self._pool_options)
+        if self._sentinel is not None:
+            self._where = self._sentinel.describe(self._sentinel_options["master_name"])
+            self._new_pool()  # no I/O: checks the options now, not at the first command
+        else:
+            self._where = _check_url(self._url, self._pool_options)
         self._client: aioredis.Redis | None = None
         self._script_sha: str | None = None
         self._listener: _Listener | None = None
@@ -277,10 +310,29 @@ class RedisBackend:
 
     # -- connection ----------------------------------------------------------------------
 
+    def _new_pool(self) -> aioredis.ConnectionPool:
+        """A blocking pool; with ``sentinel://``, one whose connections find the current
+        master each time they connect (so the store, the reads and the listener's pub/sub
+        connection follow a failover; see ``celeriac.utils.redis_urls``)."""
+        if self._sentinel is None:
+            return aioredis.BlockingConnectionPool.from_url(self._url, **self._pool_options)
+        opts = self._sentinel_options
+        try:
+            pool = sentinel_pool(
+                self._sentinel, opts["master_name"],
+                sentinel_kwargs=opts.get("sentinel_kwargs"),
+                min_other_sentinels=int(opts.get("min_other_sentinels") or 0),
+                pool_class=BlockingSentinelConnectionPool, **self._pool_options,
+            )
+            kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
+            aioredis.Connection(**kwargs)  # no I/O: checks the keywords
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"redis result backend {self.url!r}: {_describe(exc)}") from exc
+        return pool
+
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
-            pool = aioredis.BlockingConnectionPool.from_url(self._url, **self._pool_options)
-            self._client = aioredis.Redis(connection_pool=pool)
+            self._client = aioredis.Redis(connection_pool=self._new_pool())
         return self._client
 
     async def connect(self) -> None:
@@ -297,6 +349,7 @@ class RedisBackend:
         if client is not None:
             with contextlib.suppress(redis_errors.RedisError, OSError):
                 await client.aclose(close_connection_pool=True)
+            await close_pool(client.connection_pool)  # and the sentinel clients, if any
 
     @contextlib.contextmanager
     def _translated(self, action: str) -> Iterator[None]:
@@ -676,21 +729,6 @@ class _Listener:
 
 
 # -- URLs and options -------------------------------------------------------------------------
-
-
-def _redis_py_url(url: str) -> str:
-    """Celery's ``redis+socket://`` spelling as redis-py's ``unix://``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ConfigurationError(f"not a redis URL: {redact_url(url)!r}")
-    scheme = scheme.lower()
-    if scheme in ("redis+socket", "socket"):
-        return "unix://" + rest
-    if scheme in ("redis", "rediss", "unix"):
-        return scheme + "://" + rest
-    raise ConfigurationError(
-        f"not a redis URL: {redact_url(url)!r} (redis://, rediss://, redis+socket:// or unix://)"
-    )
 
 
 def _check_url(url: str, options: Mapping[str, Any]) -> str:

@@ -97,6 +97,16 @@ An envelope whose properties do not match what kombu's layout can carry (no ``pr
 transport keys of its own) gets one extra top-level key, ``x-celeriac-properties``, holding its
 exact properties; kombu ignores unknown top-level keys. celeriac's own envelopes never need it.
 
+**Sentinel.** ``sentinel://host:port;sentinel://host:port/db`` with
+``broker_transport_options={"master_name": ...}`` (Celery's form; ``sentinel_kwargs`` and
+``min_other_sentinels`` too): every connection asks the sentinels for the current master when it
+connects (``celeriac.utils.redis_urls``), so after a failover the next command of each caller
+reconnects to the promoted replica (the worker's fetch loop retries with backoff meanwhile;
+unconfirmed pipelined acks are sent again there). Replication is asynchronous: what the dead
+master had not yet sent to the replica is lost with it. For a message that means a publish
+that returned can vanish (within the last moments before the crash), a take or ack can be
+undone (the message runs again: at least once), and a stored result can vanish.
+
 Not supported: Redis Cluster (the scripts touch keys they compute).
 """
 
@@ -131,9 +141,18 @@ from celeriac.brokers._common import (
     resolve_options,
 )
 from celeriac.brokers.base import DEFAULT_LEASE_SECONDS
+from celeriac.config import redact_url
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError, DecodeError
 from celeriac.message import Delivery, Envelope, Outgoing
 from celeriac.protocol import kombu_envelope
+from celeriac.utils.redis_urls import (
+    SentinelAddress,
+    close_pool,
+    is_sentinel_url,
+    parse_sentinel_url,
+    redis_py_url,
+    sentinel_pool,
+)
 
 __all__ = ["Keys", "RedisBroker", "connection_url"]
 
@@ -162,6 +181,11 @@ DEFAULTS: dict[str, Any] = {
     "socket_keepalive": True,
     "health_check_interval": 0,
     "connection_retries": 2,
+    # sentinel:// only (Celery's names): the master to follow, the sentinels' own
+    # connection options (a password of theirs), and how many peers a sentinel must see.
+    "master_name": None,
+    "sentinel_kwargs": None,
+    "min_other_sentinels": 0,
 }
 _WHERE = "RedisBroker"
 
@@ -411,17 +435,7 @@ SCRIPTS = {"take": TAKE_LUA, "ack": ACK_LUA, "requeue": REQUEUE_LUA, "renew": RE
 
 def connection_url(url: str) -> str:
     """``url`` as redis-py reads it: ``redis+socket:///path`` becomes ``unix:///path``."""
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.lower()
-    if not sep or scheme not in ("redis", "rediss", "redis+socket", "unix"):
-        raise ConfigurationError(
-            f"not a Redis broker URL: {_redact(url)} "
-            "(expected redis://, rediss://, redis+socket:// or unix://)"
-        )
-    if scheme == "redis+socket":
-        rest = rest.replace("virtual_host=", "db=")
-        return f"unix://{rest}"
-    return f"{scheme}://{rest}"
+    return redis_py_url(url, "Redis broker")
 
 
 def _steps(value: Any) -> tuple[int, ...]:
@@ -692,7 +706,21 @@ class RedisBroker:
     ) -> None:
         opts = resolve_options({"lease_seconds": lease_seconds, **options}, DEFAULTS, _WHERE)
         self.url = url
-        self._conn_url = connection_url(url)
+        # sentinel://: the sentinels and the master's name; else one server's URL for redis-py
+        self._sentinel: SentinelAddress | None = None
+        self._conn_url = ""
+        if is_sentinel_url(url):
+            self._sentinel = parse_sentinel_url(url, "Redis broker")
+            if not opts["master_name"]:
+                raise ConfigurationError(
+                    f"{_WHERE}: a sentinel:// URL needs broker_transport_options="
+                    "{'master_name': '<name>'} (the name the sentinels monitor)"
+                )
+        else:
+            self._conn_url = connection_url(url)
+        self._master_name: str | None = opts["master_name"]
+        self._sentinel_options = {"sentinel_kwargs": opts["sentinel_kwargs"],
+                                  "min_other_sentinels": int(opts["min_other_sentinels"])}
         self.lease_seconds = positive_seconds(opts["lease_seconds"], "lease_seconds", _WHERE)
         self.poll_interval = positive_seconds(opts["poll_interval"], "poll_interval", _WHERE)
         self.priority_steps = _steps(opts["priority_steps"])
@@ -730,22 +758,32 @@ class RedisBroker:
         self._take_keys: dict[tuple[str, ...], list[str]] = {}
 
     def __repr__(self) -> str:
-        return f"<RedisBroker {_redact(self.url)!r}>"
+        shown = redact_url(self.url) if self._sentinel is not None else _redact(self.url)
+        return f"<RedisBroker {shown!r}>"
 
     # -- connection ---------------------------------------------------------------------
 
     async def connect(self) -> None:
         if self._client is not None:
             return
-        try:
-            pool = aioredis.ConnectionPool.from_url(self._conn_url, **self._pool_options)
-        except ValueError as exc:
-            raise ConfigurationError(f"bad Redis URL {_redact(self.url)}: {exc}") from None
-        kw = pool.connection_kwargs
-        self._where = (
-            f"Redis at {kw['path']}" if "path" in kw
-            else f"Redis at {kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
-        )
+        pool: aioredis.ConnectionPool
+        if self._sentinel is not None:
+            # Each connection asks the sentinels for the master when it (re)connects: after a
+            # failover the pipelined connection, the BLMOVE waits and the pool all land on
+            # the promoted replica by themselves (see celeriac.utils.redis_urls).
+            pool = sentinel_pool(self._sentinel, self._master_name, **self._sentinel_options,
+                                 **self._pool_options)
+            self._where = self._sentinel.describe(self._master_name)
+        else:
+            try:
+                pool = aioredis.ConnectionPool.from_url(self._conn_url, **self._pool_options)
+            except ValueError as exc:
+                raise ConfigurationError(f"bad Redis URL {_redact(self.url)}: {exc}") from None
+            kw = pool.connection_kwargs
+            self._where = (
+                f"Redis at {kw['path']}" if "path" in kw
+                else f"Redis at {kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+            )
         client = aioredis.Redis(connection_pool=pool)
         self._shas = {name: sha1(lua.encode()).hexdigest() for name, lua in SCRIPTS.items()}
         self._client = client
@@ -765,8 +803,7 @@ class RedisBroker:
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
-            with contextlib.suppress(Exception):
-                await client.connection_pool.disconnect()
+            await close_pool(client.connection_pool)
 
     def _redis(self) -> aioredis.Redis:
         client = self._client
