@@ -125,8 +125,9 @@ def start_celeriac_worker(interop_redis: str, interop_procs: list[InteropProc],
     def start(queues: str = "celery", *extra: str, env: dict[str, str] | None = None,
               ready: bool = True) -> InteropProc:
         n = len(interop_procs)
+        pool = [] if "-P" in extra else ["-P", "solo"]
         cmd = [sys.executable, "-m", "celeriac.cli.main", "-A", CELERIAC_SIDE, "worker",
-               "-l", "info", "-Q", queues, "-n", f"celeriacw{n}@%h", *extra]
+               "-l", "info", "-Q", queues, "-n", f"celeriacw{n}@%h", *pool, *extra]
         p = InteropProc(cmd, _env(interop_redis, env), tmp_path / f"celeriac-worker-{n}.log",
                         " ready: ")
         interop_procs.append(p)
