@@ -24,9 +24,15 @@ log = logging.getLogger("celeriac.worker")
 
 
 class Batcher(Generic[T]):
-    def __init__(self, write: Callable[[list[T]], Awaitable[None]], name: str) -> None:
+    def __init__(
+        self, write: Callable[[list[T]], Awaitable[None]], name: str, retry_for: float = 30.0
+    ) -> None:
         self._write = write
         self._name = name
+        #: how long items added with ``add()`` are retried while writes fail (a backend or
+        #: broker restarting, a failover) before they are dropped with an error
+        self.retry_for = retry_for
+        self._failing_since: float | None = None
         self._pending: list[T] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._writing = False
@@ -51,6 +57,8 @@ class Batcher(Generic[T]):
     async def _drain(self) -> None:
         """Write until nothing is pending; the caller is the one writer meanwhile."""
         self._writing = True
+        loop = asyncio.get_running_loop()
+        delay = 0.05
         try:
             while self._pending:
                 items, self._pending = self._pending, []
@@ -58,13 +66,27 @@ class Batcher(Generic[T]):
                 try:
                     await self._write(items)
                 except Exception as exc:
-                    log.error("writing %d %s failed: %s", len(items), self._name, exc)
                     for fut in waiters:
                         if not fut.done():
                             fut.set_exception(exc)
-                    if asyncio.current_task() is self._scheduled:
-                        continue
-                    raise
+                    if asyncio.current_task() is not self._scheduled:
+                        log.error("writing %d %s failed: %s", len(items), self._name, exc)
+                        raise
+                    if self._failing_since is None:
+                        self._failing_since = loop.time()
+                    if loop.time() - self._failing_since < self.retry_for:
+                        log.warning("writing %d %s failed (%s); trying again in %.2fs",
+                                    len(items), self._name, exc, delay)
+                        self._pending[:0] = items  # first in line, in their order
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 2.0)
+                    else:
+                        log.error("writing %d %s failed for %.0fs, dropped: %s",
+                                  len(items), self._name, self.retry_for, exc)
+                        self._failing_since = None
+                    continue
+                self._failing_since = None
+                delay = 0.05
                 for fut in waiters:
                     if not fut.done():
                         fut.set_result(None)

@@ -184,8 +184,9 @@ class Worker:
                 runner.cancel()
         await self._give_back_unstarted()
         with contextlib.suppress(Exception):
-            await self.results.flush()
-            await self.acks.flush()
+            async with asyncio.timeout(max(5.0, self.shutdown_timeout)):
+                await self.results.flush()
+                await self.acks.flush()
         await self._give_back_interrupted()
         await asyncio.to_thread(keeper.stop)
         await self.app.aclose()
