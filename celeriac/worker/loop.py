@@ -192,7 +192,8 @@ class Worker:
         await self.app.aclose()
         if clean:
             await self.pool.stop()
-        log.info("%s stopped: %d task(s) processed", self.hostname, self.processed)
+        log.info("%s stopped: %d task(s) processed; stats: %s", self.hostname, self.processed,
+                 self.stats())
         return 0 if clean and not self._cold else 1
 
     async def _give_back_unstarted(self) -> None:
@@ -253,6 +254,19 @@ class Worker:
     def _release(self, count: int = 1) -> None:
         self._reserved -= count
         self._room.set()
+
+    def stats(self) -> dict[str, Any]:
+        """What the worker has done: outcomes by state, and its pool's figures (for prefork,
+        per task name: runs, children lost, time-outs, peak memory)."""
+        return {
+            "hostname": self.hostname,
+            "pid": os.getpid(),
+            "processed": self.processed,
+            "outcomes": dict(self.outcomes),
+            "prefetch": self.prefetch,
+            "held": len(self._held),
+            "pool": self.pool.stats(),
+        }
 
     def _held_now(self) -> list[Delivery]:
         """The messages held right now (called from the lease keeper's thread)."""

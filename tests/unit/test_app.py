@@ -271,3 +271,36 @@ def test_publish_retries_then_raises_a_clear_error(tmp_path: Any) -> None:
     assert time.monotonic() - started >= 0.1  # it waited between its attempts
     with pytest.raises(BrokerConnectionError):
         f.apply_async(retry=False)
+
+
+async def test_worker_stats_count_outcomes() -> None:
+    import asyncio
+
+    from celeriac.pools.solo import SoloPool
+    from celeriac.worker.loop import Worker
+
+    app = Celeriac("stats", broker="memory://stats", backend="memory://stats",
+                   set_as_current=False)
+
+    @app.task
+    def ok() -> int:
+        return 1
+
+    @app.task
+    def bad() -> None:
+        raise ValueError("x")
+
+    worker = Worker(app, SoloPool())
+    running = asyncio.create_task(worker.run(install_signals=False))
+    try:
+        await (await ok.adelay()).aget(timeout=5)
+        with pytest.raises(ValueError):
+            await (await bad.adelay()).aget(timeout=5)
+        stats = worker.stats()
+        assert stats["processed"] == 2
+        assert stats["outcomes"] == {"SUCCESS": 1, "FAILURE": 1}
+        assert stats["pool"]["pool"] == "solo"
+    finally:
+        worker.request_stop()
+        await running
+    await app.aclose()
