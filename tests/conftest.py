@@ -132,3 +132,33 @@ def private_redis() -> Iterator[object]:
         yield server.start()
     finally:
         server.cleanup()
+
+
+# -- RabbitMQ (tests/rabbitmq.py): one private node per session, a fresh vhost per test ------
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_node() -> Iterator[object]:
+    """The session's private RabbitMQ node (``None`` when ``CELERIAC_TEST_AMQP_URL`` is given)."""
+    if os.environ.get("CELERIAC_TEST_AMQP_URL"):
+        yield None
+        return
+    from tests.rabbitmq import RabbitMQNode
+
+    node = RabbitMQNode()
+    try:
+        yield node.start()
+    finally:
+        node.cleanup()
+
+
+@pytest.fixture
+def amqp_url(rabbitmq_node: object) -> str:
+    """An AMQP URL on a vhost of this test's own (from the node's pool of fresh vhosts)."""
+    given = os.environ.get("CELERIAC_TEST_AMQP_URL")
+    if given:
+        return given
+    from tests.rabbitmq import RabbitMQNode
+
+    assert isinstance(rabbitmq_node, RabbitMQNode)
+    return rabbitmq_node.url(rabbitmq_node.vhost())
