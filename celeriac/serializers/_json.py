@@ -84,19 +84,27 @@ json_default = _default
 
 
 def _has_uuid(obj: Any) -> bool:
-    """Whether a UUID hides anywhere in ``obj`` (lists, tuples, dicts)."""
-    values = obj.values() if isinstance(obj, dict) else obj
-    if _ATOMIC.issuperset(map(type, values)):
-        return False
-    for v in values:
-        t = type(v)
-        if t in _ATOMIC:
-            continue
-        if t in _CONTAINERS or isinstance(v, list | tuple | dict):
-            if _has_uuid(v):
+    """Whether a UUID hides anywhere in ``obj`` (lists, tuples, dicts).
+
+    Iterative and type-dispatched: this runs on every message body (a task's args, kwargs
+    and embed), so it must cost well under a microsecond for the usual flat values.
+    """
+    stack = [obj]
+    pop, push = stack.pop, stack.append
+    while stack:
+        current = pop()
+        is_map = type(current) is dict or isinstance(current, dict)
+        for v in current.values() if is_map else current:
+            t = type(v)
+            if t in _ATOMIC:
+                continue
+            if t in _CONTAINERS:
+                if v:
+                    push(v)
+            elif isinstance(v, uuid.UUID):
                 return True
-        elif isinstance(v, uuid.UUID):
-            return True
+            elif isinstance(v, list | tuple | dict):
+                push(v)
     return False
 
 

@@ -298,3 +298,16 @@ def test_unknown_or_corrupt_compression() -> None:
         decompress(b"not zlib", "application/x-gzip")
     with pytest.raises(ProtocolError):
         decompress(b"x", 5)  # type: ignore[arg-type]
+
+
+def test_uuids_are_found_at_any_depth_and_in_dict_subclasses() -> None:
+    import uuid as uuid_module
+    from collections import OrderedDict
+
+    from celeriac.serializers._json import _has_uuid
+
+    u = uuid_module.uuid4()
+    assert _has_uuid(((1, [u]), {}, {}))
+    assert _has_uuid(((), {"a": {"b": (u,)}}, {}))
+    assert _has_uuid(([OrderedDict(x=u)],))
+    assert not _has_uuid(((1, [2, {"x": "y"}]), {"k": [1.5]}, {"c": None}))
