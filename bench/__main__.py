@@ -16,6 +16,12 @@ peers follow the same method in their drivers (``bench/peers/``). Every figure i
     python -m bench --peers celery --json out.json  # + Celery 5 on sqla+sqlite (.venv-bench)
     python -m bench --rows celeriac-sqlite --n 20000 --repeat 5
     python -m bench --rows celeriac-redis --redis-url redis://localhost:6379/0
+    python -m bench --rows celeriac-redis,celery-redis  # starts a private redis-server
+
+``--peers celery`` adds, next to each selected celeriac row, Celery 5 on the same broker with
+the same worker settings (``celery-sqlite``, ``celery-redis``, ``celery-redis-prefork1``, ...).
+Redis rows without ``--redis-url`` run on a private ``redis-server`` the bench starts (free
+loopback port, temporary directory, ``--save ''``), empties before each row and stops by pid.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import FIGURES, RATE_FIGURES, Params, Samples, summary
-from bench.rows import DEFAULT_ROWS, PEERS, PeerRow, Row, make_rows
+from bench.redis_server import PrivateRedis
+from bench.rows import DEFAULT_ROWS, PEERS, REDIS_ROWS, PeerRow, Row, make_rows
 
 console = Console(stderr=True)
 
@@ -78,11 +85,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def selected(args: argparse.Namespace, rows: dict[str, Row]) -> list[str]:
-    keys = [k.strip() for k in args.rows.split(",") if k.strip()]
-    for peer in filter(None, (p.strip() for p in args.peers.split(","))):
+    """The rows to run, in order: each asked-for row followed by its peers on the same broker."""
+    asked = [k.strip() for k in args.rows.split(",") if k.strip()]
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    for peer in peers:
         if peer not in PEERS:
             raise SystemExit(f"unknown peer {peer!r}; known: {', '.join(PEERS)}")
-        keys += [k for k in PEERS[peer] if k not in keys]
+    keys: list[str] = []
+    for key in asked:
+        for k in [key, *(r for p in peers for r in PEERS[p].get(key, []))]:
+            if k not in keys:
+                keys.append(k)
+    for peer in peers:
+        if not any(r in keys for rs in PEERS[peer].values() for r in rs):
+            keys += [k for k in PEERS[peer]["default"] if k not in keys]
     unknown = [k for k in keys if k not in rows]
     if unknown:
         raise SystemExit(f"unknown row(s) {', '.join(unknown)}; known: {', '.join(rows)}")
@@ -122,9 +138,23 @@ def render(results: dict[str, dict[str, Any]], params: Params) -> Table:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    keys = selected(args, make_rows(None, None))
+    private: PrivateRedis | None = None
+    if args.redis_url is None and REDIS_ROWS.intersection(keys):
+        private = PrivateRedis()
+        args.redis_url = private.start()
+        console.print(f"started a private redis-server (pid {private.pid}) at {args.redis_url}")
+    try:
+        return run(args, keys, private)
+    finally:
+        if private is not None:
+            private.stop()
+            console.print("stopped the private redis-server")
+
+
+def run(args: argparse.Namespace, keys: list[str], private: PrivateRedis | None) -> int:
     rows = make_rows(args.redis_url, args.amqp_url)
     logging.getLogger("celeriac").setLevel(logging.ERROR)  # in-process workers: quiet
-    keys = selected(args, rows)
     params = Params(n=args.n, batch=args.batch, k=args.k, repeat=args.repeat,
                     warmup=args.warmup)
     top = Path(tempfile.mkdtemp(prefix="celeriac-bench-"))
@@ -140,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry["error"] = f"skipped: {reason}"
                 console.print(f"[yellow]{row.name}: skipped ({reason})[/]")
                 continue
+            if private is not None and key in REDIS_ROWS:
+                private.flush()  # each row starts on an empty server
             started = time.monotonic()
             try:
                 with console.status(f"{row.name}") as status:
@@ -172,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                         "platform": platform.platform()},
             "params": vars(params),
+            "redis": "private redis-server" if private is not None else args.redis_url,
             "rows": results,
         }, indent=2))
         console.print(f"saved {args.json}")

@@ -17,7 +17,8 @@ drain_off / drain_on
     solo worker runs them in FIFO order, so the rate is (N-1) / (t_last - t_first). Start-up
     (interpreter, imports, connecting, the first fetch) falls before the first mark and is not
     counted. Results off: the clock stops at the last task's mark (acks are taken before a
-    task runs, so nothing of the queue is left then; the queue is checked empty afterwards).
+    task runs, so nothing of the queue is left then; the queue is checked empty afterwards;
+    with ``task_acks_late`` the last batch of acks goes out just after the mark).
     Results on: the clock stops when the bench process, waiting on the last task's
     ``AsyncResult.get()`` (pushed, not polled), sees its result stored.
 rtt_p50 / rtt_p99
@@ -29,12 +30,14 @@ rtt_p50 / rtt_p99
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench import tasks
 from bench.common import FIRST_MARK, LAST_MARK, ROOT, Params, Proc, Samples, percentile, read_mark, wait_until
@@ -99,8 +102,10 @@ def queue_size() -> int:
     return run_sync(size())
 
 
-def _worker_env(broker: str, backend: str, marks: Path | None, last: int | None) -> dict[str, str]:
+def _worker_env(broker: str, backend: str, marks: Path | None, last: int | None,
+                conf: dict[str, Any] | None = None) -> dict[str, str]:
     env = {"CELERIAC_BENCH_BROKER": broker, "CELERIAC_BENCH_BACKEND": backend,
+           "CELERIAC_BENCH_CONF": json.dumps(conf or {}),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if marks is not None:
         env["CELERIAC_BENCH_MARKS"] = str(marks)
@@ -111,7 +116,7 @@ def _worker_env(broker: str, backend: str, marks: Path | None, last: int | None)
 
 def _wait_result(task_id: str, proc: Proc, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    res = AsyncResult(task_id, app=app)
+    res: AsyncResult[Any] = AsyncResult(task_id, app=app)
     while True:
         try:
             res.get(timeout=1.0)
@@ -126,14 +131,15 @@ def _wait_result(task_id: str, proc: Proc, timeout: float) -> None:
 
 
 def drain_process(broker: str, backend: str, n: int, batch: int, results: bool,
-                  workdir: Path, pool: list[str] | None = None) -> float:
+                  workdir: Path, pool: list[str] | None = None,
+                  conf: dict[str, Any] | None = None) -> float:
     """Drain rate of one worker process over N pre-loaded tasks (see the module docstring)."""
     last_id = preload(n, batch, results)
     marks = workdir / f"marks-{uuid.uuid4().hex[:8]}"
     marks.mkdir()
     timeout = max(120.0, n / 50)
     proc = Proc(worker_command(pool=pool), workdir / f"worker-{marks.name}.log",
-                env=_worker_env(broker, backend, marks, n - 1))
+                env=_worker_env(broker, backend, marks, n - 1, conf))
     try:
         if results:
             _wait_result(last_id, proc, timeout)
@@ -151,10 +157,11 @@ def drain_process(broker: str, backend: str, n: int, batch: int, results: bool,
 
 
 def round_trips(broker: str, backend: str, k: int, warmup: int, workdir: Path,
-                pool: list[str] | None = None) -> list[float]:
+                pool: list[str] | None = None,
+                conf: dict[str, Any] | None = None) -> list[float]:
     """K sequential delay().get() latencies (ms) against one warm worker process."""
     proc = Proc(worker_command(pool=pool), workdir / f"worker-rtt-{uuid.uuid4().hex[:8]}.log",
-                env=_worker_env(broker, backend, None, None))
+                env=_worker_env(broker, backend, None, None, conf))
     try:
         _wait_result(tasks.noop_r.delay(-1).id, proc, 60)  # the worker is up and warm
         for _ in range(warmup):
@@ -181,7 +188,11 @@ async def _drain_in_process(n: int, batch: int, results: bool) -> float:
     tasks.LAST = n - 1
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
-    tasks.ON_LAST = lambda: loop.call_soon_threadsafe(done.set)
+
+    def on_last() -> None:
+        loop.call_soon_threadsafe(done.set)
+
+    tasks.ON_LAST = on_last
     worker = Worker(app, SoloPool())
     running = loop.create_task(worker.run(install_signals=False))
     try:
@@ -225,16 +236,18 @@ class CeleriacRow:
     (a fresh SQLite file, a fresh memory store; a server URL given on the command line).
     ``in_process``: the broker lives in this process (memory), so workers run on this
     process's loop instead of in their own process. ``pool``: the worker's pool options
-    (``-P solo`` unless given, e.g. ``["-P", "prefork", "-c", "2"]``). With more than one
+    (``-P solo`` unless given, e.g. ``["-P", "prefork", "-c", "2"]``); ``conf``: settings
+    for the worker process only (``CELERIAC_BENCH_CONF``, e.g. ``task_acks_late``). With more than one
     task at a time, the last task can end a little before others still running: the drain
     figure then is the rate up to the last task's end, and the queue is still checked empty.
     """
 
     def __init__(self, name: str, broker: Callable[[Path], str], backend: Callable[[Path], str],
                  *, in_process: bool = False, unavailable: str | None = None,
-                 pool: list[str] | None = None) -> None:
+                 pool: list[str] | None = None, conf: dict[str, Any] | None = None) -> None:
         self.name = name
         self.pool = pool
+        self.conf = conf
         self.broker = broker
         self.backend = backend
         self.in_process = in_process
@@ -276,7 +289,7 @@ class CeleriacRow:
                 rate = asyncio.run(_drain_in_process(p.n, p.batch, results))
             else:
                 rate = drain_process(broker, backend, p.n, p.batch, results, d / figure,
-                                     self.pool)
+                                     self.pool, self.conf)
             samples.add(figure, rate)
         say(f"{tag}: round trips")
         broker, backend = self._urls(d / "rtt")
@@ -285,7 +298,7 @@ class CeleriacRow:
             app.close()
             lat = asyncio.run(_round_trips_in_process(p.k, p.warmup))
         else:
-            lat = round_trips(broker, backend, p.k, p.warmup, d / "rtt", self.pool)
+            lat = round_trips(broker, backend, p.k, p.warmup, d / "rtt", self.pool, self.conf)
         samples.add("rtt_p50", percentile(lat, 50))
         samples.add("rtt_p99", percentile(lat, 99))
 

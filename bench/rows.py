@@ -95,6 +95,13 @@ class PeerRow:
         return Samples(values=data["values"], notes=data.get("notes", []))
 
 
+#: Celery peer packages: the SQLAlchemy transport/backend and the Redis ones.
+CELERY_PACKAGES = ["celery[redis]>=5.3,<6", "sqlalchemy>=2"]
+#: celeriac on Redis with late acks and a large prefetch window (a row of its own: these
+#: settings change the figures a lot); the Celery rows use the same two.
+LATE_PREFETCH = 64
+
+
 def make_rows(redis_url: str | None, amqp_url: str | None) -> dict[str, Row]:
     """Every row by its key (``--rows``), in table order."""
     from bench.celeriac_rows import CeleriacRow, memory_url, sqlite_url
@@ -102,6 +109,22 @@ def make_rows(redis_url: str | None, amqp_url: str | None) -> dict[str, Row]:
     def fixed(url: str | None) -> Callable[[Path], str]:
         return lambda _d: url or ""
 
+    no_redis = None if redis_url else "needs --redis-url"
+
+    def celeriac_redis(mode: str, pool: list[str] | None = None,
+                       conf: dict[str, object] | None = None) -> CeleriacRow:
+        row = CeleriacRow("celeriac redis", fixed(redis_url), fixed(redis_url),
+                          unavailable=no_redis, pool=pool, conf=conf)
+        row.mode = mode
+        return row
+
+    def celery_redis(mode: str, *args: str) -> PeerRow:
+        return PeerRow("celery 5 redis", "celery_driver", CELERY_PACKAGES, mode=mode,
+                       args=["--broker-url", redis_url or "", "--backend-url", redis_url or "",
+                             *args], needs=no_redis)
+
+    late = [f"--prefetch-multiplier={LATE_PREFETCH}"]
+    late_name = f"solo, acks_late,\nprefetch x{LATE_PREFETCH}"
     rows: dict[str, Row] = {
         "celeriac-memory": CeleriacRow("celeriac memory", memory_url, memory_url,
                                        in_process=True),
@@ -110,18 +133,44 @@ def make_rows(redis_url: str | None, amqp_url: str | None) -> dict[str, Row]:
                                                 sqlite_url, pool=["-P", "prefork", "-c", "1"]),
         "celeriac-sqlite-prefork2": CeleriacRow("celeriac sqlite prefork -c 2", sqlite_url,
                                                 sqlite_url, pool=["-P", "prefork", "-c", "2"]),
-        "celeriac-redis": CeleriacRow(
-            "celeriac redis", fixed(redis_url), fixed(redis_url),
-            unavailable=None if redis_url else "needs --redis-url"),
+        "celeriac-redis": celeriac_redis("solo"),
+        "celeriac-redis-late": celeriac_redis(late_name, ["-P", "solo", *late],
+                                              {"task_acks_late": True}),
+        "celeriac-redis-prefork1": celeriac_redis("prefork -c 1", ["-P", "prefork", "-c", "1"]),
+        "celeriac-redis-prefork2": celeriac_redis("prefork -c 2", ["-P", "prefork", "-c", "2"]),
         "celeriac-rabbitmq": CeleriacRow(
             "celeriac rabbitmq (+sqlite results)", fixed(amqp_url), sqlite_url,
             unavailable=None if amqp_url else "needs --amqp-url"),
-        "celery-sqlite": PeerRow("celery 5 sqla+sqlite", "celery_driver",
-                                 ["celery>=5.3,<6", "sqlalchemy>=2"]),
+        "celery-sqlite": PeerRow("celery 5 sqla+sqlite", "celery_driver", CELERY_PACKAGES),
+        "celery-redis": celery_redis("solo"),
+        "celery-redis-late": celery_redis(late_name, "--acks-late", *late),
+        "celery-redis-prefork1": celery_redis("prefork -c 1", "--pool=prefork",
+                                              "--concurrency=1"),
+        "celery-redis-prefork2": celery_redis("prefork -c 2", "--pool=prefork",
+                                              "--concurrency=2"),
+        "celery-rabbitmq": PeerRow("celery 5 rabbitmq (+sqlite results)", "celery_driver",
+                                   CELERY_PACKAGES,
+                                   args=["--broker-url", amqp_url or ""],
+                                   needs=None if amqp_url else "needs --amqp-url"),
     }
     return rows
 
 
-#: Which rows ``--peers NAME`` adds.
-PEERS: dict[str, list[str]] = {"celery": ["celery-sqlite"]}
+#: Rows that need a Redis server: without ``--redis-url`` the bench starts a private one.
+REDIS_ROWS = frozenset(k for k in make_rows("redis://", None) if "redis" in k)
+
+#: ``--peers NAME``: for each selected celeriac row, the peer rows on the same broker (shown
+#: next to it); ``default`` when none of the selected rows has one.
+PEERS: dict[str, dict[str, list[str]]] = {
+    "celery": {
+        "celeriac-memory": [],
+        "celeriac-sqlite": ["celery-sqlite"],
+        "celeriac-redis": ["celery-redis"],
+        "celeriac-redis-late": ["celery-redis-late"],
+        "celeriac-redis-prefork1": ["celery-redis-prefork1"],
+        "celeriac-redis-prefork2": ["celery-redis-prefork2"],
+        "celeriac-rabbitmq": ["celery-rabbitmq"],
+        "default": ["celery-sqlite"],
+    },
+}
 DEFAULT_ROWS = ["celeriac-memory", "celeriac-sqlite"]

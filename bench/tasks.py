@@ -1,7 +1,8 @@
 """The app the celeriac rows run: two no-op tasks, in a worker process or in the bench itself.
 
 Its broker and backend come from ``CELERIAC_BENCH_BROKER`` / ``CELERIAC_BENCH_BACKEND``
-(the bench process sets ``app.conf`` directly instead). A task does nothing, except that the
+(the bench process sets ``app.conf`` directly instead); ``CELERIAC_BENCH_CONF``, a JSON object,
+adds settings for the worker (e.g. ``{"task_acks_late": true}``). A task does nothing, except that the
 run with ``i == 0`` and the run with ``i == CELERIAC_BENCH_LAST`` record the wall-clock time
 in the directory ``CELERIAC_BENCH_MARKS`` (see ``bench.common.write_mark``): the drain figures
 are timed from those two marks, so the worker's start-up is not counted.
@@ -9,6 +10,7 @@ are timed from those two marks, so the worker's start-up is not counted.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ app = Celeriac(
     broker=os.environ.get("CELERIAC_BENCH_BROKER", "memory://bench"),
     backend=os.environ.get("CELERIAC_BENCH_BACKEND", "memory://bench"),
 )
+app.conf.update(json.loads(os.environ.get("CELERIAC_BENCH_CONF") or "{}"))
 
 MARKS_DIR: str | None = os.environ.get("CELERIAC_BENCH_MARKS")
 _last = os.environ.get("CELERIAC_BENCH_LAST")

@@ -1,6 +1,8 @@
-"""The Celery 5 app of the ``celery-sqlite`` peer row: the same two no-op tasks as
-``bench.tasks`` (with the same first/last marks), on Celery's SQLAlchemy broker and database
-result backend. Runs in ``.venv-bench`` only.
+"""The Celery 5 app of the ``celery-*`` peer rows: the same two no-op tasks as
+``bench.tasks`` (with the same first/last marks), on the broker and result backend named by
+``BENCH_CELERY_BROKER`` / ``BENCH_CELERY_BACKEND`` (default: Celery's SQLAlchemy broker and
+database backend); ``BENCH_CELERY_CONF``, a JSON object, adds settings (``task_acks_late``).
+Runs in ``.venv-bench`` only.
 
 Celery's own knobs, set for speed where they exist: the SQLAlchemy transport's idle
 ``polling_interval`` is 0.01 s (default 1 s, which would make every round trip ~0.5 s), JSON
@@ -9,6 +11,7 @@ serializer, no gossip/mingle/heartbeat (``celery_driver`` passes the flags).
 
 from __future__ import annotations
 
+import json
 import os
 
 from celery import Celery
@@ -52,6 +55,7 @@ def make_app(broker: str, backend: str) -> Celery:
         accept_content=["json"],
         worker_hijack_root_logger=False,
     )
+    app.conf.update(json.loads(os.environ.get("BENCH_CELERY_CONF") or "{}"))
     app.task(ignore_result=True, name=f"{__name__}.noop")(noop)
     app.task(name=f"{__name__}.noop_r")(noop_r)
     return app

@@ -1,24 +1,30 @@
-"""Driver of the ``celery-sqlite`` peer row: Celery 5 on ``sqla+sqlite`` / ``db+sqlite``.
+"""Driver of the ``celery-*`` peer rows: Celery 5 on ``sqla+sqlite`` / ``db+sqlite`` (default),
+or on the broker and result backend given (``--broker-url``, ``--backend-url``: Redis).
 
 Measures the figures the way ``bench/celeriac_rows.py`` does for celeriac, with these
 Celery equivalents:
 
 - enqueue_one: ``noop.delay(i)`` N times.
 - enqueue_batch: Celery has no batched publish; the closest is one producer connection
-  reused for ``apply_async(..., producer=p)`` over a batch, which is what this does.
-- drain_off / drain_on: N tasks pre-loaded, then one ``celery worker -P solo`` process; the
-  clock runs from task 0's mark to task N-1's mark (results off) or to the bench seeing the
-  last result (``AsyncResult.get(interval=0.005)``: the database backend polls).
+  reused for ``apply_async(..., producer=p)`` over a batch, which is what this does (one
+  ``producer_or_acquire()`` per ``--batch`` tasks; building the calls is counted).
+- drain_off / drain_on: N tasks pre-loaded (the same way), then one ``celery worker``
+  process (``-P solo`` unless ``--pool``); the clock runs from task 0's mark to task N-1's
+  mark (results off) or to the bench seeing the last result: ``AsyncResult.get()`` (the
+  Redis backend is pushed by pub/sub; the database backend polls every 5 ms).
 - rtt_p50 / rtt_p99: ``noop_r.delay(i).get(interval=0.001)`` K times against a warm worker
-  (latency includes the transport's 0.01 s idle polling, see ``celery_app``).
+  (on SQLite, latency includes the transport's 0.01 s idle polling, see ``celery_app``).
 
+``--acks-late`` sets ``task_acks_late``; ``--prefetch-multiplier`` is the worker's flag.
 Each run gets fresh database files (broker and results in separate files, as Celery's two
-SQLAlchemy components would be deployed). Progress on stderr, samples as JSON on stdout.
+SQLAlchemy components would be deployed); a server broker is purged instead. Progress on
+stderr, samples as JSON on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import uuid
@@ -42,10 +48,19 @@ def say(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
+#: ``--broker-url`` / ``--backend-url``: a server instead of a fresh SQLite file.
+BROKER_URL: str | None = None
+BACKEND_URL: str | None = None
+#: The worker's pool options and settings (``--pool``, ``--prefetch-multiplier``, ``--acks-late``).
+POOL: list[str] = ["-P", "solo"]
+CONF: dict[str, Any] = {}
+
+
 def urls(d: Path) -> dict[str, str]:
     d.mkdir(parents=True, exist_ok=True)
-    return {"BENCH_CELERY_BROKER": f"sqla+sqlite:///{d / 'broker.sqlite3'}",
-            "BENCH_CELERY_BACKEND": f"db+sqlite:///{d / 'results.sqlite3'}"}
+    return {"BENCH_CELERY_BROKER": BROKER_URL or f"sqla+sqlite:///{d / 'broker.sqlite3'}",
+            "BENCH_CELERY_BACKEND": BACKEND_URL or f"db+sqlite:///{d / 'results.sqlite3'}",
+            "BENCH_CELERY_CONF": json.dumps(CONF)}
 
 
 class Peer:
@@ -63,12 +78,15 @@ class Peer:
 
 
 def load_app(env: dict[str, str]) -> Peer:
-    return Peer(env)
+    peer = Peer(env)
+    if BROKER_URL:
+        peer.app.control.purge()  # a server broker keeps the previous phase's messages
+    return peer
 
 
 def worker(env: dict[str, str], log: Path) -> Proc:
     cmd = [sys.executable, "-m", "celery", "-A", "bench.peers.celery_app", "worker",
-           "-P", "solo", "-l", "warning", "--without-gossip", "--without-mingle",
+           *POOL, "-l", "warning", "--without-gossip", "--without-mingle",
            "--without-heartbeat"]
     return Proc(cmd, log, env={**env, "PYTHONPATH": str(ROOT)})
 
@@ -111,11 +129,7 @@ def drain(mod: Peer, env: dict[str, str], d: Path, n: int, batch: int, results: 
                   d / f"worker-{marks.name}.log")
     try:
         if results:
-            deadline = time.monotonic() + timeout
-            while not last.ready():
-                if not proc.alive() or time.monotonic() > deadline:
-                    raise RuntimeError(f"no last result:\n{proc.log_tail()}")
-                time.sleep(0.005)
+            wait_result(last, proc, timeout)
             end = time.time()
         else:
             end = wait_until(lambda: read_mark(marks, LAST_MARK), timeout, "the last task",
@@ -126,6 +140,20 @@ def drain(mod: Peer, env: dict[str, str], d: Path, n: int, batch: int, results: 
     finally:
         proc.stop()
     return (n - 1) / (end - first_at)
+
+
+def wait_result(result: Any, proc: Proc, timeout: float) -> None:
+    """``result.get()`` (pub/sub on Redis, 5 ms polls on a database), checking the worker."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result.get(timeout=1.0, interval=0.005)
+            return
+        except CeleryTimeout:
+            if not proc.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"no last result:\n{proc.log_tail()}") from None
 
 
 def round_trips(mod: Peer, env: dict[str, str], d: Path, k: int, warmup: int) -> list[float]:
@@ -151,9 +179,32 @@ def main() -> None:
                           ("--warmup", 50)):
         parser.add_argument(name, type=int, default=default)
     parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--broker-url", default=None)
+    parser.add_argument("--backend-url", default=None)
+    parser.add_argument("--pool", default="solo")
+    parser.add_argument("--concurrency", type=int, default=None)
+    parser.add_argument("--prefetch-multiplier", type=int, default=None)
+    parser.add_argument("--acks-late", action="store_true")
     args = parser.parse_args()
-    samples = Samples(notes=["Celery 5, sqla+sqlite broker (polling_interval 0.01 s), "
-                             "db+sqlite results, -P solo"])
+    global BROKER_URL, BACKEND_URL, POOL
+    BROKER_URL = args.broker_url or None
+    BACKEND_URL = args.backend_url or None
+    POOL = ["-P", args.pool]
+    if args.concurrency:
+        POOL += ["-c", str(args.concurrency)]
+    if args.prefetch_multiplier:
+        POOL += ["--prefetch-multiplier", str(args.prefetch_multiplier)]
+    if args.acks_late:
+        CONF["task_acks_late"] = True
+    if BROKER_URL and BROKER_URL.startswith("redis"):
+        broker = "redis transport"
+    elif BROKER_URL:
+        broker = "py-amqp broker (no publisher confirms)"
+    else:
+        broker = "sqla+sqlite broker (polling_interval 0.01 s)"
+    backend = "redis results (pub/sub get)" if BACKEND_URL else "db+sqlite results"
+    samples = Samples(notes=[f"Celery 5, {broker}, {backend}, {' '.join(POOL)}"
+                             + (", task_acks_late" if args.acks_late else "")])
     for r in range(args.repeat):
         base = args.workdir / f"run{r}"
         tag = f"#{r + 1}"
