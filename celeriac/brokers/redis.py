@@ -55,10 +55,11 @@ steps 1, 2, 4, 5, 7 and 8).
 - *Waiting without polling.* An empty ``fetch`` blocks on ``BLMOVE key key RIGHT RIGHT`` for each
   watched list (one pooled connection each): a non-destructive wait (the entry is popped and
   pushed back at the same end in one command, so the list is unchanged and nothing ever leaves
-  Redis), woken by any ``LPUSH``, Celery's included. The first to return unblocks the others with
-  ``CLIENT UNBLOCK`` and the take script runs. The wait is capped by the next due delayed message
-  or lease deadline (the script returns it) and by ``poll_interval`` (new delayed messages of
-  other producers are seen within it).
+  Redis), woken by any ``LPUSH``, Celery's included. When the first returns the take script runs;
+  the others are freed with ``CLIENT UNBLOCK`` meanwhile (each one's client id waited for if its
+  reply was not read yet) and the next wait starts once they are back in the pool. The wait is
+  capped by the next due delayed message or lease deadline (the script returns it) and by
+  ``poll_interval`` (new delayed messages of other producers are seen within it).
 - *Dead letters* go to the list ``celeriac.dead_letter`` (``dead_letter_queue``) as JSON
   ``{"dead_at", "reason", "queue", "priority", "deliveries", "tag", "entry"}``, newest first,
   trimmed to ``dead_letter_limit``.
@@ -756,6 +757,9 @@ class RedisBroker:
         self._declared: set[tuple[str, str, str]] = set()
         self._cleanups: set[asyncio.Future[None]] = set()  # watch connections going back
         self._take_keys: dict[tuple[str, ...], list[str]] = {}
+        #: Watches a woken wait could not free with CLIENT UNBLOCK (their client id never
+        #: came): each ran to its own timeout (see ``_unblock``). Stays 0 in normal operation.
+        self.missed_unblocks = 0
 
     def __repr__(self) -> str:
         shown = redact_url(self.url) if self._sentinel is not None else _redact(self.url)
@@ -982,14 +986,18 @@ class RedisBroker:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
         block = max(0.002, round(seconds, 3))
         conns: list[AbstractConnection] = []
-        ids: dict[int, int] = {}
+        loop = asyncio.get_running_loop()
+        ids: list[asyncio.Future[int]] = [loop.create_future() for _ in keys]
 
         async def watch(i: int, conn: AbstractConnection, key: str) -> Any:
-            await conn.send_packed_command(
-                conn.pack_commands([("CLIENT", "ID"), ("BLMOVE", key, key, "RIGHT", "RIGHT", block)])
-            )
-            ids[i] = int(await conn.read_response())
-            return await conn.read_response(timeout=block + 5.0)
+            try:
+                await conn.send_packed_command(conn.pack_commands(
+                    [("CLIENT", "ID"), ("BLMOVE", key, key, "RIGHT", "RIGHT", block)]))
+                ids[i].set_result(int(await conn.read_response()))
+                return await conn.read_response(timeout=block + 5.0)
+            finally:
+                if not ids[i].done():  # failed or cancelled before its id came
+                    ids[i].cancel()
 
         async with self._translate("wait for messages"):
             try:
@@ -1010,21 +1018,24 @@ class RedisBroker:
             if failed is not None:
                 await self._end_watch(tasks, conns, 0.0)
                 raise failed
-            if pending and woke:
-                await self._unblock([ids[i] for i, t in enumerate(tasks)
-                                     if t in pending and i in ids])
-            # The others end by themselves (unblocked, or their own timeout): the take runs now,
-            # and their connections go back to the pool in the background.
-            cleanup = asyncio.ensure_future(
-                self._end_watch(tasks, conns, 0.5 if woke else block + 1.0))
+            # The take runs now. The other watches are freed (CLIENT UNBLOCK) and their
+            # connections go back to the pool in the background; the next wait waits for that.
+            cleanup = asyncio.ensure_future(self._end_watch(
+                tasks, conns, 0.5 if woke else block + 1.0, ids if pending and woke else None,
+                self._pipe))
             self._cleanups.add(cleanup)
             cleanup.add_done_callback(self._cleanups.discard)
 
     async def _end_watch(self, tasks: Sequence[asyncio.Future[Any]],
                          conns: list[AbstractConnection],
-                         grace: float) -> None:
-        """Let the watches end within ``grace`` seconds (cancel and disconnect the late ones),
-        then give their connections back."""
+                         grace: float, ids: list[asyncio.Future[int]] | None = None,
+                         pipe: _Pipeline | None = None) -> None:
+        """Free the watches still blocked (``ids``: their client ids, after a wake-up; sent on
+        ``pipe``, still open while ``close`` waits for this), let them end within ``grace``
+        seconds (cancel and disconnect the late ones), then give their connections back."""
+        if ids is not None and pipe is not None:
+            with contextlib.suppress(Exception):  # not freed: they end by their own timeout
+                await self._unblock(pipe, tasks, ids, grace)
         pool = self._redis().connection_pool if self._client is not None else None
         late: set[asyncio.Future[Any]] = {t for t in tasks if not t.done()}
         if late and grace > 0:
@@ -1042,11 +1053,28 @@ class RedisBroker:
                 with contextlib.suppress(Exception):
                     await pool.release(c)
 
-    async def _unblock(self, client_ids: list[int]) -> None:
-        if not client_ids:
-            return
-        with contextlib.suppress(RedisError):  # refused (ACLs)? the waits end by timeout
-            await self._execute([("CLIENT", "UNBLOCK", cid) for cid in client_ids])
+    async def _unblock(self, pipe: _Pipeline, tasks: Sequence[asyncio.Future[Any]],
+                       ids: list[asyncio.Future[int]], grace: float) -> None:
+        """CLIENT UNBLOCK every watch still blocked.
+
+        A push that lands just as the watches are set up (a solo worker's caller pushes its
+        next task while the worker's take comes back empty) wakes the watch on that list at
+        once: its ``CLIENT ID`` and ``BLMOVE`` replies come in one read, often before the loop
+        has read the other watches' ``CLIENT ID`` replies, though their BLMOVEs are already
+        blocked. Those ids are on their way, so they are waited for. A watch left out would
+        stay blocked until its own timeout (``poll_interval``, plus up to 100 ms of Redis's
+        timer), and the next wait, which waits for this cleanup, with it: the next push was
+        seen only then (the 250-350 ms stalls). ``missed_unblocks`` counts such watches.
+        """
+        blocked = [i for i, t in enumerate(tasks) if not t.done()]
+        unknown = [ids[i] for i in blocked if not ids[i].done()]
+        if unknown:
+            await asyncio.wait(unknown, timeout=grace)
+        client_ids = [ids[i].result() for i in blocked
+                      if ids[i].done() and not ids[i].cancelled() and not tasks[i].done()]
+        self.missed_unblocks += sum(1 for i in blocked if not ids[i].done())
+        if client_ids:  # refused (ACLs)? they end by their own timeout
+            await pipe.calls([("CLIENT", "UNBLOCK", cid) for cid in client_ids])
 
     def _by_tag(self) -> list[str]:
         k = self.keys

@@ -291,3 +291,49 @@ async def test_idle_fetch_wakes_on_a_plain_lpush(redis_url: str) -> None:
     finally:
         await broker.close()
         r.close()
+
+
+
+@pytest.mark.timeout(60)
+async def test_a_push_landing_as_an_idle_fetch_starts_waiting_frees_every_watch(
+    redis_url: str,
+) -> None:
+    """A push that lands after an idle fetch's take came back empty but before its BLMOVEs are
+    registered (a solo worker: its task ran meanwhile, and the caller's next push is already
+    there): the watch on that list returns at once, often before the loop has read the other
+    watches' CLIENT ID replies. Each of those must still be unblocked; one left out stays
+    blocked until its own timeout, and the next wait waits for it, so a push meanwhile was seen
+    only then (the 250-350 ms stalls of solo round trips). Before the fix, about one cycle in
+    five here left watches out."""
+    broker = RedisBroker(redis_url, poll_interval=5.0)  # a missed unblock would cost seconds
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        raw = kombu_envelope.dumps(Envelope(b"[]", properties={"priority": 0}), "", "celery")
+        lists = ["celery\x06\x169", "celery\x06\x166", "celery\x06\x163", "celery"]
+        pool = broker._redis().connection_pool
+        get_connection = pool.get_connection
+        push: list[str] = []
+
+        async def push_then_get_connection(*args: Any, **kwargs: Any) -> Any:
+            conn = await get_connection(*args, **kwargs)  # only the watches ask the pool here
+            if push:  # the take came back empty and the watches are being set up
+                await asyncio.to_thread(r.lpush, push.pop(), raw)
+            return conn
+
+        pool.get_connection = push_then_get_connection  # type: ignore[method-assign]
+        # a watch not freed in time is cancelled and its connection dropped: count them
+        connections = int(r.info("stats")["total_connections_received"])
+        for cycle in range(200):
+            push.append(lists[cycle % len(lists)])
+            got = await asyncio.wait_for(broker.fetch(["celery"], 10, 30.0), 10)
+            assert len(got) == 1 and not push
+            await broker.ack(got)
+            assert broker.missed_unblocks == 0, f"cycle {cycle}"
+        await asyncio.gather(*broker._cleanups)
+        assert int(r.info("clients")["blocked_clients"]) == 0
+        # the same four watch connections served every wait (plus the lazily opened ones)
+        assert int(r.info("stats")["total_connections_received"]) - connections <= 8
+    finally:
+        await broker.close()
+        r.close()
