@@ -7,8 +7,6 @@ import asyncio
 import contextlib
 import importlib
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,40 +20,22 @@ from celeriac.brokers.amqp import AMQPBroker
 from celeriac.errors import BrokerError
 from celeriac.message import Envelope, Outgoing
 from tests.conftest import ROOT
+from tests.processes import LoggedProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 APP = "tests.interop.apps.amqp_celeriac_app"
 
 
-class CeleriacWorker:
+class CeleriacWorker(LoggedProcess):
     """``celeriac worker`` on the AMQP test app; killed by pid at the end."""
 
     def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         cmd = [sys.executable, "-m", "celeriac.cli.main", "-A", APP, "worker", "-l", "info", *args]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        super().__init__(cmd, env, log_path, " ready: ")
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 30.0) -> CeleriacWorker:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if " ready: " in self.log():
-                return self
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        raise AssertionError(f"worker not ready:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
+    def stop(self, grace: float = 0.0) -> None:
+        super().stop(grace)  # SIGKILL at once
 
 
 @pytest.fixture

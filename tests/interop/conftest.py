@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -19,48 +16,14 @@ from types import ModuleType
 import pytest
 
 from tests.conftest import ROOT
+from tests.processes import LoggedProcess
 
 CELERY_SIDE = "tests.interop.apps.celery_side"
 CELERIAC_SIDE = "tests.interop.apps.celeriac_side"
 REDIS_ENV = "CELERIAC_INTEROP_REDIS_URL"
 
 
-class InteropProc:
-    """A worker subprocess with its log in a file; stopped by pid."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path, ready: str) -> None:
-        self.cmd = cmd
-        self.log_path = log_path
-        self.ready = ready
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-        self.pid = self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 30.0) -> InteropProc:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready in self.log():
-                return self
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.cmd[2:5]} exited {self.proc.returncode}:\n"
-                                     f"{self.log()}")
-            time.sleep(0.02)
-        raise AssertionError(f"{self.cmd[2:5]} not ready in {timeout}s:\n{self.log()}")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s; by pid."""
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
+InteropProc = LoggedProcess
 
 
 @pytest.fixture

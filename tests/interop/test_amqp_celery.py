@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -22,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
+from tests.processes import LoggedProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -30,32 +29,9 @@ CELERIAC_APP = "tests.interop.apps.amqp_celeriac_app"
 _ENV_KEYS = ("CELERIAC_TEST_AMQP_URL", "CELERIAC_TEST_BACKEND")
 
 
-class Proc:
-    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path, ready: str) -> None:
-        self.log_path = log_path
-        self.ready = ready
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 40.0) -> Proc:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready in self.log():
-                return self
-            if self.proc.poll() is not None:
-                raise AssertionError(f"exited {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        raise AssertionError(f"not ready in {timeout}s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
+class Proc(LoggedProcess):
+    def stop(self, grace: float = 0.0) -> None:
+        super().stop(grace)  # SIGKILL at once
 
 
 @pytest.fixture
