@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import ROOT, LoggedProcess
 
 
 @pytest.fixture
@@ -20,32 +19,15 @@ def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'broker.sqlite3'}"
 
 
-class WorkerProcess:
+class WorkerProcess(LoggedProcess):
     """A real ``celeriac worker`` subprocess; stopped by pid at the end of the test."""
 
     def __init__(self, url: str, log_path: Path, *args: str, app: str = "tests.apps.basic",
                  env: dict[str, str] | None = None) -> None:
-        self.log_path = log_path
         cmd = [sys.executable, "-m", "celeriac.cli.main", "-A", app, "worker", "-l", "info", *args]
         full_env = {**os.environ, "CELERIAC_TEST_URL": url, "PYTHONPATH": str(ROOT),
                     **(env or {})}
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-        self.pid = self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 20.0) -> WorkerProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if " ready: " in self.log():
-                return self
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.02)
-        raise AssertionError(f"worker not ready in {timeout}s:\n{self.log()}")
+        super().__init__(cmd, full_env, log_path, " ready: ")
 
     def terminate(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
@@ -62,9 +44,8 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait(10)
 
-    def stop(self) -> None:
-        self.kill()
-        self._log.close()
+    def stop(self, grace: float = 0.0) -> None:
+        super().stop(grace)  # SIGKILL at once
 
 
 @pytest.fixture
