@@ -12,15 +12,16 @@ import importlib
 import os
 import socket
 import threading
+import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from celeriac.backends.base import ResultBackend
-from celeriac.brokers.base import Broker
+from celeriac.brokers.base import BlockingPublisher, Broker
 from celeriac.config import Config
 from celeriac.errors import BrokerConnectionError, ConfigurationError, NotRegistered
 from celeriac.message import Outgoing, TaskMessage
@@ -29,7 +30,7 @@ from celeriac.routing import ROUTE_KEYS, compile_routes, is_static_router, resol
 from celeriac.task import SEND_OPTIONS, TASK_OPTIONS, check_options, make_task
 from celeriac.task import Task as BaseTask
 from celeriac.utils.ids import new_id
-from celeriac.utils.sync import run_sync
+from celeriac.utils.sync import run_sync, thread_loop
 
 if TYPE_CHECKING:
     from celeriac.canvas import Signature
@@ -61,6 +62,12 @@ class LoopResources:
     broker: Broker
     backend: ResultBackend | None
     connected: bool = False
+    #: the broker, if it can publish from sync code without a loop turn
+    blocking: BlockingPublisher | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.broker, BlockingPublisher):
+            self.blocking = self.broker
 
 
 def _utcnow() -> datetime:
@@ -424,33 +431,84 @@ class Celeriac:
         await self.publish([outgoing], options.get("retry"), options.get("retry_policy"))
         return AsyncResult(message.id, app=self, task_name=name)
 
-    async def publish(
-        self, messages: list[Outgoing], retry: bool | None = None,
-        retry_policy: dict[str, Any] | None = None,
-    ) -> None:
-        """Publish, retrying connection failures per ``task_publish_retry_policy``; then
-        raise ``BrokerConnectionError`` naming the attempts made."""
+    def _publish_pauses(self, retry: bool | None,
+                        retry_policy: dict[str, Any] | None) -> Iterator[float]:
+        """The pauses between publish attempts, per ``task_publish_retry_policy``."""
         conf = self.conf
         if retry is None:
             retry = conf.task_publish_retry
+        if not retry:
+            return
         policy = {**(conf.task_publish_retry_policy or {}), **(retry_policy or {})}
         max_retries = policy.get("max_retries", 3)
         start = float(policy.get("interval_start", 0))
         step = float(policy.get("interval_step", 0.2))
         most = float(policy.get("interval_max", 0.2))
         attempt = 0
+        while max_retries is None or attempt < max_retries:
+            yield min(most, start + attempt * step)
+            attempt += 1
+
+    async def publish(
+        self, messages: list[Outgoing], retry: bool | None = None,
+        retry_policy: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish, retrying connection failures per ``task_publish_retry_policy``; then
+        raise ``BrokerConnectionError`` naming the attempts made."""
+        pauses = self._publish_pauses(retry, retry_policy)
+        attempts = 1
         while True:
             try:
                 broker = (await self.resources()).broker
                 await broker.publish(messages)
                 return
             except BrokerConnectionError as exc:
-                if not retry or (max_retries is not None and attempt >= max_retries):
-                    raise BrokerConnectionError(
-                        f"publishing failed after {attempt + 1} attempt(s): {exc}"
-                    ) from exc
-                await asyncio.sleep(min(most, start + attempt * step))
-                attempt += 1
+                pause = next(pauses, None)
+                if pause is None:
+                    raise _publish_failed(exc, attempts) from exc
+                await asyncio.sleep(pause)
+                attempts += 1
+
+    def publish_sync(
+        self, messages: list[Outgoing], retry: bool | None = None,
+        retry_policy: dict[str, Any] | None = None,
+    ) -> None:
+        """``publish`` for sync code: on the broker's blocking connection when it has one
+        (``BlockingPublisher``: no event loop turn per call), else through ``run_sync``."""
+        try:
+            broker = self._blocking_broker()
+        except BrokerConnectionError:
+            broker = None  # cannot connect: ``publish`` retries that per the policy
+        if broker is None:
+            run_sync(self.publish(messages, retry, retry_policy))
+            return
+        pauses = self._publish_pauses(retry, retry_policy)
+        attempts = 1
+        while True:
+            try:
+                if not broker.publish_blocking(messages):
+                    run_sync(self.publish(messages, retry, retry_policy))
+                return
+            except BrokerConnectionError as exc:
+                pause = next(pauses, None)
+                if pause is None:
+                    raise _publish_failed(exc, attempts) from exc
+                time.sleep(pause)
+                attempts += 1
+
+    def _blocking_broker(self) -> BlockingPublisher | None:
+        """This thread's broker (the running loop's, else this thread's loop's, connected on
+        first use) if it can publish without an event loop turn."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = thread_loop()
+        res = self._resources.get(loop)
+        if res is None or not res.connected:
+            if loop.is_running():
+                return None  # not connected here yet, and this loop cannot be run from here
+            res = run_sync(self.resources())
+        return res.blocking
 
     def send_task(
         self,
@@ -460,7 +518,12 @@ class Celeriac:
         **options: Any,
     ) -> AsyncResult[Any]:
         """Send a task by name (it need not be registered here)."""
-        return run_sync(self.asend_task(name, args, kwargs, **options))
+        from celeriac.result import AsyncResult
+
+        task = options.pop("task", None)
+        message, outgoing = self.prepare(name, args, kwargs, task=task, **options)
+        self.publish_sync([outgoing], options.get("retry"), options.get("retry_policy"))
+        return AsyncResult(message.id, app=self, task_name=name)
 
     async def asend_many(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:
         """Send many calls in one broker round trip (batched publish).
@@ -468,8 +531,23 @@ class Celeriac:
         Consecutive calls of one task without options of their own share their headers
         (``protocol.encode_many``): the fast path of ``[task.s(i) for i in ...]``.
         """
+        ids, outgoing = self._prepare_many(signatures)
+        await self.publish(outgoing)
+        return self._results(ids)
+
+    def send_many(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:
+        ids, outgoing = self._prepare_many(signatures)
+        self.publish_sync(outgoing)
+        return self._results(ids)
+
+    def _results(self, ids: list[tuple[str, str]]) -> list[AsyncResult[Any]]:
         from celeriac.result import AsyncResult
 
+        return [AsyncResult(task_id, app=self, task_name=name) for task_id, name in ids]
+
+    def _prepare_many(self, signatures: Iterable[Signature]
+                      ) -> tuple[list[tuple[str, str]], list[Outgoing]]:
+        """(task id, name) and the message of each call, runs of one task from one template."""
         sigs = list(signatures)
         ids: list[tuple[str, str]] = []
         outgoing: list[Outgoing] = []
@@ -489,8 +567,7 @@ class Celeriac:
             else:
                 self._prepare_run(sig.task, sigs[i:j], ids, outgoing)
             i = j
-        await self.publish(outgoing)
-        return [AsyncResult(task_id, app=self, task_name=name) for task_id, name in ids]
+        return ids, outgoing
 
     def _prepare_run(self, name: str, run: list[Signature], ids: list[tuple[str, str]],
                      outgoing: list[Outgoing]) -> None:
@@ -510,9 +587,6 @@ class Celeriac:
             outgoing.append(Outgoing(template.queue, envelope, template.priority,
                                      template.not_before, template.exchange,
                                      template.routing_key))
-
-    def send_many(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:
-        return run_sync(self.asend_many(signatures))
 
     # ---- results ------------------------------------------------------------------------
     def AsyncResult(self, task_id: str, task_name: str | None = None) -> AsyncResult[Any]:
@@ -534,6 +608,10 @@ class Celeriac:
 
 
 Celery = Celeriac
+
+
+def _publish_failed(exc: BrokerConnectionError, attempts: int) -> BrokerConnectionError:
+    return BrokerConnectionError(f"publishing failed after {attempts} attempt(s): {exc}")
 
 
 def _seconds(value: Any) -> float | None:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from celeriac.context import Context, current_request
 from celeriac.errors import ConfigurationError, MaxRetriesExceededError, Retry
-from celeriac.utils.sync import run_sync
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -176,7 +175,10 @@ class Task(Generic[P, R]):
         app = self._app()
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        return run_sync(self.aapply_async(args, kwargs, **options))
+        args = tuple(args or ())
+        kwargs = dict(kwargs or {})
+        self.check_arguments(args, kwargs)
+        return app.send_task(self.name, args, kwargs, task=self, **options)
 
     async def aapply_async(
         self,

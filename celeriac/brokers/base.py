@@ -71,3 +71,15 @@ class Broker(Protocol):
 
     async def dead_letters(self, limit: int = 100) -> list[tuple[Delivery, str]]:
         """The newest dead-lettered messages with their reasons (for tools and tests)."""
+
+
+@runtime_checkable
+class BlockingPublisher(Protocol):
+    """Optional: a broker that can publish from sync code without an event loop turn.
+
+    ``delay()`` from sync code uses it when the broker has it (``Celeriac.publish_sync``).
+    Same guarantee as ``publish``; returns False when this instance cannot (the caller then
+    runs ``publish``).
+    """
+
+    def publish_blocking(self, messages: Sequence[Outgoing]) -> bool: ...

@@ -53,13 +53,12 @@ steps 1, 2, 4, 5, 7 and 8).
   message arrives in the list directly; the celeriac worker re-publishes it here with
   ``not_before`` and acks it (``worker.loop._hold_in_broker``).
 - *Waiting without polling.* An empty ``fetch`` blocks on ``BLMOVE key key RIGHT RIGHT`` for each
-  watched list (one pooled connection each): a non-destructive wait (the entry is popped and
-  pushed back at the same end in one command, so the list is unchanged and nothing ever leaves
-  Redis), woken by any ``LPUSH``, Celery's included. When the first returns the take script runs;
-  the others are freed with ``CLIENT UNBLOCK`` meanwhile (each one's client id waited for if its
-  reply was not read yet) and the next wait starts once they are back in the pool. The wait is
-  capped by the next due delayed message or lease deadline (the script returns it) and by
-  ``poll_interval`` (new delayed messages of other producers are seen within it).
+  watched list (one connection each, kept armed across waits: ``_redis_watch``): a
+  non-destructive wait (the entry is popped and pushed back at the same end in one command, so
+  the list is unchanged and nothing ever leaves Redis), woken by any ``LPUSH``, Celery's
+  included. When one returns the take script runs. The wait is capped by the next due delayed
+  message or lease deadline (the script returns it) and by ``poll_interval`` (new delayed
+  messages of other producers are seen within it).
 - *Dead letters* go to the list ``celeriac.dead_letter`` (``dead_letter_queue``) as JSON
   ``{"dead_at", "reason", "queue", "priority", "deliveries", "tag", "entry"}``, newest first,
   trimmed to ``dead_letter_limit``.
@@ -118,7 +117,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 from hashlib import sha1
 from typing import Any
@@ -141,6 +140,8 @@ from celeriac.brokers._common import (
     positive_seconds,
     resolve_options,
 )
+from celeriac.brokers._redis_blocking import BlockingClient
+from celeriac.brokers._redis_watch import ListWatches
 from celeriac.brokers.base import DEFAULT_LEASE_SECONDS
 from celeriac.config import redact_url
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError, DecodeError
@@ -149,6 +150,7 @@ from celeriac.protocol import kombu_envelope
 from celeriac.utils.redis_urls import (
     SentinelAddress,
     close_pool,
+    drop_connection,
     is_sentinel_url,
     parse_sentinel_url,
     redis_py_url,
@@ -659,10 +661,7 @@ class _Pipeline:
             task.add_done_callback(self._drops.discard)
 
     async def _drop(self, conn: AbstractConnection) -> None:
-        with contextlib.suppress(Exception):
-            await conn.disconnect(nowait=True)
-        with contextlib.suppress(Exception):
-            await self._pool.release(conn)
+        await drop_connection(self._pool, conn)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Wait up to ``timeout`` seconds for outstanding replies (the last acks' among
@@ -754,12 +753,10 @@ class RedisBroker:
         self._where = "Redis"
         self._shas: dict[str, str] = {}
         self._pipe: _Pipeline | None = None  # every non-blocking command goes on it
+        self._blocking: BlockingClient | None = None  # publish_blocking's, made on first use
         self._declared: set[tuple[str, str, str]] = set()
-        self._cleanups: set[asyncio.Future[None]] = set()  # watch connections going back
+        self._watches: ListWatches | None = None  # an idle fetch's BLMOVEs
         self._take_keys: dict[tuple[str, ...], list[str]] = {}
-        #: Watches a woken wait could not free with CLIENT UNBLOCK (their client id never
-        #: came): each ran to its own timeout (see ``_unblock``). Stays 0 in normal operation.
-        self.missed_unblocks = 0
 
     def __repr__(self) -> str:
         shown = redact_url(self.url) if self._sentinel is not None else _redact(self.url)
@@ -792,6 +789,7 @@ class RedisBroker:
         self._shas = {name: sha1(lua.encode()).hexdigest() for name, lua in SCRIPTS.items()}
         self._client = client
         self._pipe = _Pipeline(pool, SCRIPTS, self._shas)
+        self._watches = ListWatches(pool)
         async with self._translate("connect"):
             await self._call("PING")
 
@@ -799,11 +797,15 @@ class RedisBroker:
         client = self._client
         pipe, self._pipe = self._pipe, None
         self._declared.clear()
-        if self._cleanups:
-            await asyncio.gather(*self._cleanups, return_exceptions=True)
+        watches, self._watches = self._watches, None
+        if watches is not None:
+            await watches.close()
         if pipe is not None:
             await pipe.close()
         self._client = None
+        blocking, self._blocking = self._blocking, None
+        if blocking is not None:
+            blocking.close()
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
@@ -829,17 +831,29 @@ class RedisBroker:
         """EVALSHA (EVAL on NOSCRIPT: a new or restarted Redis)."""
         return await self._pipeline().script(name, keys, args)
 
-    @contextlib.asynccontextmanager
-    async def _translate(self, doing: str) -> AsyncIterator[None]:
-        """redis-py errors become ``BrokerError``s naming host:port (never the password)."""
+    @contextlib.contextmanager
+    def _errors(self, doing: str, ops: Sequence[tuple[Any, ...]] = ()) -> Iterator[None]:
+        """redis-py errors become ``BrokerError``s naming host:port (never the password).
+
+        ``ops`` that failed may hold binding declarations Redis never got: they are sent
+        again with the next publish."""
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if ops:
+                self._declared.clear()
             raise BrokerConnectionError(
                 f"{self._where} unreachable while trying to {doing}: {exc}"
             ) from exc
         except RedisError as exc:
+            if ops:
+                self._declared.clear()
             raise BrokerError(f"{self._where} failed to {doing}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _translate(self, doing: str) -> AsyncIterator[None]:
+        with self._errors(doing):
+            yield
 
     # -- encoding -----------------------------------------------------------------------
 
@@ -883,14 +897,12 @@ class RedisBroker:
 
     # -- the contract -------------------------------------------------------------------
 
-    async def publish(self, messages: Sequence[Outgoing]) -> None:
-        if not messages:
-            return
-        self._redis()
+    def _publish_ops(self, messages: Sequence[Outgoing]) -> list[tuple[Any, ...]]:
+        """The commands that publish ``messages``, for one round trip: (command, key, *args);
+        consecutive entries for one list go in one LPUSH (in order: ``LPUSH k a b`` leaves b
+        at the head, a nearest the consuming end)."""
         keys = self.keys
         now = time.time()
-        # (command, key, *args); consecutive entries for one list go in one LPUSH (in order:
-        # LPUSH k a b leaves b at the head, a nearest the consuming end).
         ops: list[tuple[Any, ...]] = []
         run_key = ""
         run: list[bytes] = []
@@ -912,8 +924,30 @@ class RedisBroker:
             run.append(raw)
         if run:
             ops.append(("LPUSH", run_key, *run))
-        async with self._translate("publish"):
+        return ops
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        if not messages:
+            return
+        self._redis()
+        ops = self._publish_ops(messages)
+        with self._errors("publish", ops):
             await self._execute(ops)
+
+    def publish_blocking(self, messages: Sequence[Outgoing]) -> bool:
+        """``publish`` from sync code on a blocking connection of its own (no event loop
+        turn: a ``delay()`` costs one plain round trip)."""
+        if not messages:
+            return True
+        blocking = self._blocking
+        if blocking is None:
+            if self._sentinel is not None or self._client is None:
+                return False  # sentinel: the async pool follows failovers; use ``publish``
+            blocking = self._blocking = BlockingClient(self._conn_url, self._pool_options)
+        ops = self._publish_ops(messages)
+        with self._errors("publish", ops):
+            blocking.run(ops)
+        return True
 
     async def _execute(self, ops: list[tuple[Any, ...]]) -> list[Any]:
         """Run ``ops`` in one round trip."""
@@ -972,109 +1006,11 @@ class RedisBroker:
             wait = idle_wait(remaining, None if due_in < 0 else due_in, self.poll_interval)
             watched = self._keys_for(queues)[5:]
             watched = [k for i, k in enumerate(watched) if i % (len(self._serve_steps) + 1)]
-            await self._wait_for_push(watched, wait)
-
-    async def _wait_for_push(self, keys: list[str], seconds: float) -> None:
-        """Block until one of the lists ``keys`` holds an entry, or ``seconds`` pass.
-
-        ``BLMOVE k k RIGHT RIGHT`` pops the last entry and pushes it back where it was, in one
-        command: the list is unchanged, nothing leaves Redis, and the wait is event-driven.
-        """
-        client = self._redis()
-        pool = client.connection_pool
-        if self._cleanups:  # the last wait's connections: back in the pool before reuse
-            await asyncio.gather(*self._cleanups, return_exceptions=True)
-        block = max(0.002, round(seconds, 3))
-        conns: list[AbstractConnection] = []
-        loop = asyncio.get_running_loop()
-        ids: list[asyncio.Future[int]] = [loop.create_future() for _ in keys]
-
-        async def watch(i: int, conn: AbstractConnection, key: str) -> Any:
-            try:
-                await conn.send_packed_command(conn.pack_commands(
-                    [("CLIENT", "ID"), ("BLMOVE", key, key, "RIGHT", "RIGHT", block)]))
-                ids[i].set_result(int(await conn.read_response()))
-                return await conn.read_response(timeout=block + 5.0)
-            finally:
-                if not ids[i].done():  # failed or cancelled before its id came
-                    ids[i].cancel()
-
-        async with self._translate("wait for messages"):
-            try:
-                for _ in keys:
-                    conns.append(await pool.get_connection())  # type: ignore[no-untyped-call]
-            except BaseException:
-                await self._end_watch([], conns, 0.0)
-                raise
-            tasks = [asyncio.ensure_future(watch(i, c, k))
-                     for i, (c, k) in enumerate(zip(conns, keys, strict=True))]
-            try:
-                done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            except BaseException:  # cancelled: the watches end with it
-                await self._end_watch(tasks, conns, 0.0)
-                raise
-            woke = any(t.exception() is None and t.result() is not None for t in done)
-            failed = next((t.exception() for t in done if t.exception() is not None), None)
-            if failed is not None:
-                await self._end_watch(tasks, conns, 0.0)
-                raise failed
-            # The take runs now. The other watches are freed (CLIENT UNBLOCK) and their
-            # connections go back to the pool in the background; the next wait waits for that.
-            cleanup = asyncio.ensure_future(self._end_watch(
-                tasks, conns, 0.5 if woke else block + 1.0, ids if pending and woke else None,
-                self._pipe))
-            self._cleanups.add(cleanup)
-            cleanup.add_done_callback(self._cleanups.discard)
-
-    async def _end_watch(self, tasks: Sequence[asyncio.Future[Any]],
-                         conns: list[AbstractConnection],
-                         grace: float, ids: list[asyncio.Future[int]] | None = None,
-                         pipe: _Pipeline | None = None) -> None:
-        """Free the watches still blocked (``ids``: their client ids, after a wake-up; sent on
-        ``pipe``, still open while ``close`` waits for this), let them end within ``grace``
-        seconds (cancel and disconnect the late ones), then give their connections back."""
-        if ids is not None and pipe is not None:
-            with contextlib.suppress(Exception):  # not freed: they end by their own timeout
-                await self._unblock(pipe, tasks, ids, grace)
-        pool = self._redis().connection_pool if self._client is not None else None
-        late: set[asyncio.Future[Any]] = {t for t in tasks if not t.done()}
-        if late and grace > 0:
-            _, late = await asyncio.wait(late, timeout=grace)
-        for t in late:
-            t.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for i, c in enumerate(conns):
-            if i >= len(tasks) or tasks[i] in late or tasks[i].cancelled() \
-                    or tasks[i].exception() is not None:
-                with contextlib.suppress(Exception):
-                    await c.disconnect()
-            if pool is not None:
-                with contextlib.suppress(Exception):
-                    await pool.release(c)
-
-    async def _unblock(self, pipe: _Pipeline, tasks: Sequence[asyncio.Future[Any]],
-                       ids: list[asyncio.Future[int]], grace: float) -> None:
-        """CLIENT UNBLOCK every watch still blocked.
-
-        A push that lands just as the watches are set up (a solo worker's caller pushes its
-        next task while the worker's take comes back empty) wakes the watch on that list at
-        once: its ``CLIENT ID`` and ``BLMOVE`` replies come in one read, often before the loop
-        has read the other watches' ``CLIENT ID`` replies, though their BLMOVEs are already
-        blocked. Those ids are on their way, so they are waited for. A watch left out would
-        stay blocked until its own timeout (``poll_interval``, plus up to 100 ms of Redis's
-        timer), and the next wait, which waits for this cleanup, with it: the next push was
-        seen only then (the 250-350 ms stalls). ``missed_unblocks`` counts such watches.
-        """
-        blocked = [i for i, t in enumerate(tasks) if not t.done()]
-        unknown = [ids[i] for i in blocked if not ids[i].done()]
-        if unknown:
-            await asyncio.wait(unknown, timeout=grace)
-        client_ids = [ids[i].result() for i in blocked
-                      if ids[i].done() and not ids[i].cancelled() and not tasks[i].done()]
-        self.missed_unblocks += sum(1 for i in blocked if not ids[i].done())
-        if client_ids:  # refused (ACLs)? they end by their own timeout
-            await pipe.calls([("CLIENT", "UNBLOCK", cid) for cid in client_ids])
+            watches = self._watches
+            if watches is None:
+                raise BrokerConnectionError(f"{self!r} is closed")
+            async with self._translate("wait for messages"):
+                await watches.wait(watched, wait)
 
     def _by_tag(self) -> list[str]:
         k = self.keys

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
+from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from celeriac.config import redact_url
@@ -168,6 +168,14 @@ def sentinel_pool(
     client = manager.master_for(master_name, connection_pool_class=pool_class)
     pool: SentinelConnectionPool = client.connection_pool
     return pool
+
+
+async def drop_connection(pool: ConnectionPool, conn: AbstractConnection) -> None:
+    """Close ``conn`` (whatever state its stream is in) and give it back to ``pool``."""
+    with contextlib.suppress(Exception):
+        await conn.disconnect(nowait=True)
+    with contextlib.suppress(Exception):
+        await pool.release(conn)
 
 
 async def close_pool(pool: ConnectionPool) -> None:
