@@ -4,7 +4,9 @@
 
 - A queue is a list named after the queue. Producers ``LPUSH`` kombu's JSON envelope
   (``celeriac.protocol.kombu_envelope``: base64 body, ``properties.delivery_info``, a uuid
-  ``delivery_tag``); consumers take from the right end, so a list is FIFO.
+  ``delivery_tag``); consumers take from the right end, so a list is FIFO. The envelope is
+  written compact by orjson (kombu reads it as its own); ``compact_envelope=False`` writes it
+  byte for byte as kombu does (Python's ``", "`` separators), at about 5 µs more a message.
 - Priority steps are kombu's: priority ``p`` goes to the list of step ``max(s <= p)`` of
   ``priority_steps`` (kombu's ``[0, 3, 6, 9]`` by default), named ``queue`` for step 0 and
   ``queue\\x06\\x16<step>`` for the others.
@@ -174,7 +176,7 @@ DEFAULTS: dict[str, Any] = {
     "priority_order": "higher_first",
     "sep": KOMBU_SEP,
     "global_keyprefix": "",
-    "compact_envelope": False,
+    "compact_envelope": True,
     "dead_letter_queue": "celeriac.dead_letter",
     "dead_letter_limit": 100_000,
     "sweep_limit": 1000,
@@ -906,12 +908,16 @@ class RedisBroker:
         ops: list[tuple[Any, ...]] = []
         run_key = ""
         run: list[bytes] = []
+        address: tuple[str, int, str, str | None] | None = None
+        listkey = ""
         for out in messages:
             priority, raw = self._entry(out)
-            routing_key = out.routing_key or out.queue
-            if (out.exchange or out.queue, routing_key, out.queue) not in self._declared:
-                ops += self._declare(out.exchange, routing_key, out.queue)
-            listkey = keys.queue(out.queue, self._step_of(priority))
+            if (out.queue, priority, out.exchange, out.routing_key) != address:
+                address = (out.queue, priority, out.exchange, out.routing_key)
+                routing_key = out.routing_key or out.queue
+                if (out.exchange or out.queue, routing_key, out.queue) not in self._declared:
+                    ops += self._declare(out.exchange, routing_key, out.queue)
+                listkey = keys.queue(out.queue, self._step_of(priority))
             if out.not_before is not None and out.not_before > now:
                 lk = listkey.encode()
                 ops.append(("ZADD", keys.delayed(out.queue), int(out.not_before * 1000),

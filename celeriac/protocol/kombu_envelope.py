@@ -12,7 +12,6 @@ orjson: about ten times faster, and kombu reads it just the same.
 from __future__ import annotations
 
 import binascii
-import uuid
 from typing import Any
 
 import orjson
@@ -21,6 +20,7 @@ from celeriac.errors import DecodeError
 from celeriac.message import Envelope
 from celeriac.serializers import EncodeError
 from celeriac.serializers._json import json_default, json_loads, stdlib_encoder
+from celeriac.utils.ids import new_id
 
 __all__ = ["dumps", "loads"]
 
@@ -49,7 +49,7 @@ def dumps(
     properties["delivery_info"] = {"exchange": exchange, "routing_key": routing_key}
     properties["priority"] = 0 if priority is None else priority
     properties["body_encoding"] = "base64"
-    properties["delivery_tag"] = str(uuid.uuid4()) if delivery_tag is None else delivery_tag
+    properties["delivery_tag"] = new_id() if delivery_tag is None else delivery_tag
     entry = {
         "body": binascii.b2a_base64(envelope.body, newline=False).decode("ascii"),
         "content-encoding": envelope.content_encoding,
