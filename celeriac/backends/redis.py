@@ -468,17 +468,29 @@ class RedisBackend:
     # -- waiting -------------------------------------------------------------------------
 
     async def wait(self, task_id: str, timeout: float | None) -> Meta | None:
-        """Wait for a ready state, pushed by pub/sub (see ``_Listener``); None on timeout."""
+        """Wait for a ready state, pushed by pub/sub (see ``_Listener``); None on timeout.
+
+        The key is read while the subscription is being made, not before it: a result
+        already stored is found by this read, one stored later is published to the listener
+        (which reads the key again once subscribed, for one stored in between). A caller of
+        ``delay().get()`` thus waits one round trip less before it is subscribed."""
+        if self._listener is None:
+            self._listener = _Listener(self)
+        pushed = asyncio.ensure_future(self._listener.wait(task_id))
         try:
             async with asyncio.timeout(timeout):
                 meta = await self.get(task_id)
                 if meta is not None and meta.get("status") in states.READY_STATES:
                     return meta
-                if self._listener is None:
-                    self._listener = _Listener(self)
-                return await self._listener.wait(task_id)
+                return await pushed
         except TimeoutError:
             return None
+        finally:
+            if pushed.done():
+                if not pushed.cancelled():
+                    pushed.exception()  # retrieved: a failure here was raised or superseded
+            else:
+                pushed.cancel()
 
     @property
     def pubsub_connections(self) -> int:
