@@ -44,10 +44,10 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import os
 import random
 import threading
 import time
-import uuid
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -60,8 +60,8 @@ import aiormq.exceptions as amqp_errors
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
+from celeriac.brokers import _amqp_codec, _amqp_speedups
 from celeriac.brokers import _amqp_replies as replies
-from celeriac.brokers import _amqp_speedups
 from celeriac.brokers import _amqp_topology as topo
 from celeriac.brokers._common import check_fetch_args, clamp_priority, positive_seconds, resolve_options
 from celeriac.brokers.base import DEFAULT_LEASE_SECONDS
@@ -503,7 +503,7 @@ class AMQPBroker:
         ch = conn.pub
         try:
             async with asyncio.timeout(self.publish_timeout):
-                if self.confirm_publish and _FAST_PUBLISH:
+                if self.confirm_publish and _FAST_PATH:
                     results = await _publish_batch(ch, items, mandatory)
                 else:
                     results = await asyncio.gather(
@@ -544,7 +544,8 @@ class AMQPBroker:
         assert arrived is not None
         gen = conn.gen
 
-        async def on_message(message: DeliveredMessage) -> None:
+        @_amqp_speedups.direct
+        def on_message(message: DeliveredMessage) -> None:
             if self._conn is None or self._conn.gen != gen:
                 return  # from a channel that died: RabbitMQ has requeued it
             buf.append(message)
@@ -573,7 +574,8 @@ class AMQPBroker:
 
     async def _start_listener(self, conn: _Conn, queue: str,
                               callback: Callable[[Envelope], None]) -> None:
-        async def on_message(message: DeliveredMessage) -> None:
+        @_amqp_speedups.direct
+        def on_message(message: DeliveredMessage) -> None:
             props = message.header.properties
             properties = {name: getattr(props, name) for name in _MAPPED
                           if getattr(props, name) is not None}
@@ -624,8 +626,8 @@ class AMQPBroker:
             if len(got) < max_count and not pushed_only:
                 got += await self._get_ready(queues, max_count - len(got))
                 if not got:
-                    # A push that came before get-empty is handed to its callback in a task
-                    # of its own: let it run.
+                    # A push that came before get-empty may wait for its callback (aiormq
+                    # without the direct path runs it in a task of its own): let it run.
                     await asyncio.sleep(0)
                     got = self._take_buffered(queues, max_count)
             if got:
@@ -758,11 +760,10 @@ class AMQPBroker:
         await self.publish([Outgoing(d.queue, env, d.priority, not_before)])
         await self.ack([d])
 
-    async def _settle(
-        self, deliveries: Sequence[Delivery],
-        action: Callable[[aiormq.abc.AbstractChannel, int], Awaitable[None]], doing: str,
-        multiple: Callable[[aiormq.abc.AbstractChannel, int], Awaitable[None]] | None = None,
-    ) -> None:
+    async def _settle(self, deliveries: Sequence[Delivery], doing: str, requeue: bool | None,
+                      multiple: bool) -> None:
+        """Ack (``requeue=None``) or nack the deliveries still held from the live channel:
+        ``multiple`` lets one ``basic.ack`` cover a run of tags."""
         conn = self._conn
         todo: list[_Tag] = []
         for d in deliveries:
@@ -779,14 +780,26 @@ class AMQPBroker:
         dtags = sorted(tag.dtag for tag in todo)
         outstanding = conn.outstanding
         outstanding.difference_update(dtags)
+        # Every unsettled delivery up to the last one is in this batch: one frame.
+        upto = len(dtags) > 1 and not any(t < dtags[-1] for t in outstanding)
         try:
-            if multiple is not None and len(dtags) > 1 \
-                    and not any(t < dtags[-1] for t in outstanding):
-                # Every unsettled delivery up to the last one is in this batch: one frame.
-                await multiple(conn.con, dtags[-1])
-                return
-            for dtag in dtags:
-                await action(conn.con, dtag)
+            if _FAST_PATH:
+                number = conn.con.number
+                if upto and multiple:
+                    payload = _amqp_codec.ack_frame(number, dtags[-1], True, requeue)
+                else:
+                    payload = b"".join([_amqp_codec.ack_frame(number, dtag, False, requeue)
+                                        for dtag in dtags])
+                await _write_frames(conn.con, payload)
+            elif requeue is None:
+                if upto and multiple:
+                    await conn.con.basic_ack(dtags[-1], multiple=True, wait=False)
+                else:
+                    for dtag in dtags:
+                        await conn.con.basic_ack(dtag, wait=False)
+            else:
+                for dtag in dtags:
+                    await conn.con.basic_nack(dtag, requeue=requeue, wait=False)
         except (amqp_errors.AMQPError, OSError, ConnectionError) as exc:
             raise translate(exc, doing) from None
 
@@ -794,20 +807,10 @@ class AMQPBroker:
         for d in deliveries:
             if isinstance(d.tag, _Tag):
                 _seen.forget(d.tag.count_key)
-
-        async def ack_one(ch: aiormq.abc.AbstractChannel, dtag: int) -> None:
-            await ch.basic_ack(dtag, wait=False)
-
-        async def ack_upto(ch: aiormq.abc.AbstractChannel, dtag: int) -> None:
-            await ch.basic_ack(dtag, multiple=True, wait=False)
-
-        await self._settle(deliveries, ack_one, "ack", ack_upto)
+        await self._settle(deliveries, "ack", None, multiple=True)
 
     async def requeue(self, deliveries: Sequence[Delivery]) -> None:
-        async def nack_one(ch: aiormq.abc.AbstractChannel, dtag: int) -> None:
-            await ch.basic_nack(dtag, requeue=True, wait=False)
-
-        await self._settle(deliveries, nack_one, "requeue")
+        await self._settle(deliveries, "requeue", True, multiple=False)
 
     async def renew(self, deliveries: Sequence[Delivery]) -> None:
         now = time.time()
@@ -941,19 +944,25 @@ class AMQPBroker:
 
 
 #: aiormq's publish path is per message (a lock, a task, a socket write each). With aiormq 7
-#: the batch path below writes a whole batch as one frame run, keeping aiormq's own confirm
-#: bookkeeping (``confirmations``, ``message_id_delivery_tag``), so returns and nacks still
-#: reach the right futures. Off when the channel lacks those attributes.
-def _aiormq_major() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+#: the batch path below encodes a whole batch first (``_amqp_codec.publish_frames``), then
+#: numbers it and writes it as one run of frames, keeping aiormq's own confirm bookkeeping
+#: (``confirmations``, ``message_id_delivery_tag``), so returns and nacks still reach the right
+#: futures. Acks and nacks are written the same way (``_write_frames``). Off when the channel
+#: lacks those attributes.
 
-    try:
-        return version("aiormq").split(".", 1)[0]
-    except PackageNotFoundError:
-        return ""
+_FAST_PATH = hasattr(aiormq.Channel, "_split_body") and _amqp_speedups.aiormq_7()
 
 
-_FAST_PUBLISH = hasattr(aiormq.Channel, "_split_body") and _aiormq_major() == "7"
+async def _write_frames(ch: aiormq.abc.AbstractChannel, payload: bytes) -> None:
+    """Write ready-made frames on ``ch``: at once when nothing is queued before them (see
+    ``_amqp_speedups.write_now``), else through aiormq's write queue, in order."""
+    if ch.is_closed:
+        raise amqp_errors.ChannelInvalidStateError(f"{ch!r} closed")
+    chan: Any = ch
+    if not _amqp_speedups.write_now(chan.connection, payload):
+        from aiormq.abc import ChannelFrame
+
+        await chan.write_queue.put(ChannelFrame(payload=payload, should_close=False))
 
 
 async def _publish_batch(
@@ -963,27 +972,33 @@ async def _publish_batch(
 ) -> list[Any]:
     """Write ``items`` as one run of frames under the channel's publish lock; await every
     confirm together."""
-    from aiormq.abc import ChannelFrame
-    from pamqp.header import ContentHeader
-
     chan: Any = ch
     futures: list[asyncio.Future[Any]] = []
     async with chan.lock:
-        frames: list[Any] = []
+        payloads: list[bytes] = []
+        number, max_content = chan.number, chan.max_content_size
         for body, (ex, key, props) in items:
             if not props.message_id:
-                props.message_id = uuid.uuid4().hex
+                props.message_id = os.urandom(16).hex()
+            payloads.append(_amqp_codec.publish_frames(number, ex, key, mandatory, props, body,
+                                                          max_content))
+        # Everything is encoded: nothing can fail between numbering a message and writing it.
+        confirmations, by_message_id = chan.confirmations, chan.message_id_delivery_tag
+        for _body, (_ex, _key, props) in items:
             chan.delivery_tag += 1
             tag = chan.delivery_tag
             fut = chan.create_future()
-            chan.confirmations[tag] = fut
-            chan.message_id_delivery_tag[props.message_id] = tag
-            fut.add_done_callback(_forget_message_id(chan, props.message_id, tag))
+            confirmations[tag] = fut
+            message_id = str(props.message_id)
+            by_message_id[message_id] = tag
+            fut.add_done_callback(_forget_message_id(chan, message_id, tag))
             futures.append(fut)
-            frames.append(spec.Basic.Publish(exchange=ex, routing_key=key, mandatory=mandatory))
-            frames.append(ContentHeader(properties=props, body_size=len(body)))
-            frames.extend(chan._split_body(body))
-        await chan.write_queue.put(ChannelFrame.marshall(channel_number=chan.number, frames=frames))
+        await _write_frames(ch, payloads[0] if len(payloads) == 1 else b"".join(payloads))
+    if len(futures) == 1:
+        try:
+            return [await futures[0]]
+        except Exception as exc:
+            return [exc]
     return list(await asyncio.gather(*futures, return_exceptions=True))
 
 
