@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -103,3 +104,35 @@ class TaskMessage:
     content_type: str = "application/json"
     content_encoding: str = "utf-8"
     compression: str | None = None
+
+
+def _slot_builder(cls: type[Any]) -> Callable[..., Any]:
+    """A constructor for the frozen slots dataclass ``cls`` taking every field positionally,
+    in field order, with no defaults and no checks.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__`` (the
+    class's own ``__setattr__`` refuses); this one calls each slot's descriptor directly,
+    about twice as fast for TaskMessage's 32 fields (the worker builds one per task). The
+    result is an ordinary instance: equal to, and as frozen as, one made by ``cls(...)``.
+    """
+    names = [f.name for f in fields(cls)]
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    lines = [f"def build({', '.join(names)}):", "    self = _new(_cls)"]
+    for i, name in enumerate(names):
+        namespace[f"_set{i}"] = getattr(cls, name).__set__
+        lines.append(f"    _set{i}(self, {name})")
+    lines.append("    return self")
+    exec("\n".join(lines), namespace)  # code made of the class's own field names
+    build: Callable[..., Any] = namespace["build"]
+    build.__qualname__ = build.__name__ = f"build_{cls.__name__}"
+    return build
+
+
+#: ``build_task_message(id, task, args, kwargs, root_id, ..., compression)``: a TaskMessage
+#: from all its fields, positionally in declaration order (the decoder's fast path).
+build_task_message: Callable[..., TaskMessage] = _slot_builder(TaskMessage)
+#: ``build_envelope(body, content_type, content_encoding, headers, properties)``
+build_envelope: Callable[[bytes, str, str, dict[str, Any], dict[str, Any]], Envelope] = (
+    _slot_builder(Envelope))
+#: ``build_delivery(envelope, queue, tag, deliveries, priority)``
+build_delivery: Callable[[Envelope, str, Any, int, int], Delivery] = _slot_builder(Delivery)

@@ -147,7 +147,7 @@ from celeriac.brokers._redis_watch import ListWatches
 from celeriac.brokers.base import DEFAULT_LEASE_SECONDS
 from celeriac.config import redact_url
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError, DecodeError
-from celeriac.message import Delivery, Envelope, Outgoing
+from celeriac.message import Delivery, Envelope, Outgoing, build_delivery
 from celeriac.protocol import kombu_envelope
 from celeriac.utils.redis_urls import (
     SentinelAddress,
@@ -977,16 +977,18 @@ class RedisBroker:
             int(self.lease_seconds * 1000), max_count, self.sweep_limit, len(self._serve_steps),
             *queues,
         ]
-        async with self._translate("fetch"):
+        with self._errors("fetch"):
             reply = await self._script("take", self._keys_for(queues), args)
         if len(reply) == 1:
             ms = int(reply[0])
             return [], (-1.0 if ms < 0 else ms / 1000)
         out: list[Delivery] = []
-        for i in range(0, len(reply), 4):
-            tag, deliveries, qi, raw = reply[i : i + 4]
+        append = out.append
+        items = iter(reply)
+        for tag, deliveries, qi, raw in zip(items, items, items, items, strict=True):
             env, priority = _decode(raw)
-            out.append(Delivery(env, queues[int(qi)], int(tag), int(deliveries), priority))
+            append(_delivery(env, queues[qi if type(qi) is int else int(qi)], int(tag),
+                             deliveries if type(deliveries) is int else int(deliveries), priority))
         return out, -1.0
 
     async def _declare_consumed(self, queues: Sequence[str]) -> None:
@@ -1116,6 +1118,10 @@ class RedisBroker:
         return out
 
 
+#: ``Delivery(envelope, queue, tag, deliveries, priority)``, built a little faster (``_take``)
+_delivery = build_delivery
+
+
 def _decode(raw: bytes) -> tuple[Envelope, int]:
     """(envelope, priority) of a list entry; one that is not a kombu envelope comes out as an
     ``UNDECODABLE`` envelope holding the raw bytes (the worker dead-letters it)."""
@@ -1123,10 +1129,12 @@ def _decode(raw: bytes) -> tuple[Envelope, int]:
         env, _, _ = kombu_envelope.loads(raw)
     except DecodeError:
         return Envelope(bytes(raw), UNDECODABLE, "binary"), 0
-    try:
-        priority = clamp_priority(int(env.properties.get("priority") or 0))
-    except (TypeError, ValueError):
-        priority = 0
+    priority = env.properties.get("priority")
+    if type(priority) is not int or not 0 <= priority <= MAX_PRIORITY:
+        try:
+            priority = clamp_priority(int(priority or 0))
+        except (TypeError, ValueError):
+            priority = 0
     if raw.startswith(_MARK):
         exact = orjson.loads(raw).get(_MARK_KEY)
         if isinstance(exact, dict):

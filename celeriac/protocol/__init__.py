@@ -38,15 +38,22 @@ def decode_task(envelope: Envelope, accept: Collection[str]) -> TaskMessage:
     """
     headers = envelope.headers
     properties = envelope.properties
+    body = envelope.body
+    content_type = envelope.content_type
+    content_encoding = envelope.content_encoding
+    if (
+        type(headers) is dict and type(properties) is dict and type(body) is bytes
+        and type(content_type) is str and type(content_encoding) is str
+        and "task" in headers and "compression" not in headers
+    ):  # the usual protocol 2 message, checked below in full
+        payload = loads(body, content_type, content_encoding, accept)
+        return decode_v2(headers, payload, properties, content_type, content_encoding)
     if not isinstance(headers, dict):
         raise DecodeError(f"headers must be a mapping, got {type(headers).__name__}")
     if not isinstance(properties, Mapping):
         raise DecodeError(f"properties must be a mapping, got {type(properties).__name__}")
-    body = envelope.body
     if not isinstance(body, bytes | bytearray | memoryview | str):
         raise DecodeError(f"body must be bytes, got {type(body).__name__}")
-    content_type = envelope.content_type
-    content_encoding = envelope.content_encoding
     if (content_type is not None and type(content_type) is not str) or (
         content_encoding is not None and type(content_encoding) is not str
     ):

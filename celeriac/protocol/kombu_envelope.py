@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from celeriac.errors import DecodeError
-from celeriac.message import Envelope
+from celeriac.message import Envelope, build_envelope
 from celeriac.serializers import EncodeError
 from celeriac.serializers._json import json_default, json_loads, stdlib_encoder
 from celeriac.utils.ids import new_id
@@ -75,37 +75,43 @@ def loads(raw: bytes | str) -> tuple[Envelope, dict[str, Any], str]:
 
     Raises DecodeError, with a short reason, on anything malformed.
     """
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8")
-    elif not isinstance(raw, bytes):
-        if not isinstance(raw, bytearray | memoryview):
+    if type(raw) is not bytes:
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        elif isinstance(raw, bytes | bytearray | memoryview):
+            raw = bytes(raw)
+        else:
             raise DecodeError(f"envelope must be bytes, got {type(raw).__name__}")
-        raw = bytes(raw)
     try:
         entry = json_loads(raw)
     except Exception as exc:
         raise DecodeError(f"envelope is not JSON: {str(exc)[:120]}") from None
-    if not isinstance(entry, dict):
+    if type(entry) is not dict:
         raise DecodeError(f"envelope must be a JSON object, got {type(entry).__name__}")
-    props = entry.get("properties")
+    get = entry.get
+    props = get("properties")
     if props is None:
         props = {}
-    elif not isinstance(props, dict):
+    elif type(props) is not dict:
         raise DecodeError(f"envelope properties must be an object, got {type(props).__name__}")
-    headers = entry.get("headers")
+    headers = get("headers")
     if headers is None:
         headers = {}
-    elif not isinstance(headers, dict):
+    elif type(headers) is not dict:
         raise DecodeError(f"envelope headers must be an object, got {type(headers).__name__}")
-    content_type = entry.get("content-type")
-    content_encoding = entry.get("content-encoding")
+    content_type = get("content-type")
+    content_encoding = get("content-encoding")
     if content_type is not None and type(content_type) is not str:
         raise DecodeError("envelope content-type must be a string")
     if content_encoding is not None and type(content_encoding) is not str:
         raise DecodeError("envelope content-encoding must be a string")
 
-    body = entry.get("body")
-    body_encoding = props.get("body_encoding")
+    # the transport's own keys leave the (freshly parsed) properties: what is left is the
+    # envelope's properties, in their order
+    delivery_info = props.pop("delivery_info", None)
+    body_encoding = props.pop("body_encoding", None)
+    tag = props.pop("delivery_tag", None)
+    body = get("body")
     if body is None:
         data = b""
     elif type(body) is not str:
@@ -120,18 +126,15 @@ def loads(raw: bytes | str) -> tuple[Envelope, dict[str, Any], str]:
     else:
         raise DecodeError(f"unknown body_encoding {body_encoding!r}")
 
-    delivery_info = props.get("delivery_info")
     if delivery_info is None:
         delivery_info = {}
-    elif not isinstance(delivery_info, dict):
+    elif type(delivery_info) is not dict:
         raise DecodeError("envelope delivery_info must be an object")
-    tag = props.get("delivery_tag")
-    properties = {k: v for k, v in props.items() if k not in TRANSPORT_PROPERTIES}
-    envelope = Envelope(
+    envelope = build_envelope(
         data,
         "application/data" if content_type is None else content_type,
         "utf-8" if content_encoding is None else content_encoding,
         headers,
-        properties,
+        props,
     )
     return envelope, delivery_info, "" if tag is None else str(tag)

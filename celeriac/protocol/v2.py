@@ -22,7 +22,7 @@ from itertools import islice
 from typing import Any
 
 from celeriac.errors import DecodeError
-from celeriac.message import Envelope, TaskMessage
+from celeriac.message import Envelope, TaskMessage, build_task_message
 from celeriac.serializers import EncodeError, compress, dumps
 
 __all__ = [
@@ -307,6 +307,12 @@ def check_args(args: Any, kwargs: Any) -> None:
         raise DecodeError(f"task kwargs must be a dict, got {type(kwargs).__name__}")
 
 
+_STR_OR_NONE = frozenset({str, type(None)})
+_INT_OR_NONE = frozenset({int, type(None)})
+_NUMBER_OR_NONE = frozenset({int, float, type(None)})
+_NO_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
 def decode_v2(
     headers: dict[str, Any],
     payload: Any,
@@ -314,7 +320,84 @@ def decode_v2(
     content_type: str,
     content_encoding: str,
 ) -> TaskMessage:
-    """Build a TaskMessage from protocol 2 ``headers`` and the deserialized body."""
+    """Build a TaskMessage from protocol 2 ``headers`` and the deserialized body.
+
+    The usual message (every field of the type protocol 2 gives it, no signatures embedded)
+    takes a fast path of plain type tests; anything else, well formed or not, goes through
+    the field-by-field checks, which also say what is wrong (the same result either way).
+    """
+    if type(payload) is list and len(payload) == 3:
+        args, kwargs, embed = payload
+        get = headers.get
+        task_id = get("id")
+        name = get("task")
+        root_id = get("root_id")
+        parent_id = get("parent_id")
+        group = get("group")
+        shadow = get("shadow")
+        argsrepr = get("argsrepr")
+        kwargsrepr = get("kwargsrepr")
+        origin = get("origin")
+        group_index = get("group_index")
+        retries = get("retries")
+        nesting = get("replaced_task_nesting")
+        timelimit = get("timelimit")
+        stamped = get("stamped_headers")
+        stamps = get("stamps")
+        ignore_result = get("ignore_result")
+        compression = get("compression")
+        reply_to = properties.get("reply_to")
+        correlation_id = properties.get("correlation_id")
+        priority = properties.get("priority")
+        delivery_mode = properties.get("delivery_mode")
+        if (
+            type(task_id) is str and task_id and type(name) is str and name
+            and type(args) is list and type(kwargs) is dict
+            and (embed is None or embed == _NO_EMBED)
+            and type(root_id) in _STR_OR_NONE and type(parent_id) in _STR_OR_NONE
+            and type(group) in _STR_OR_NONE and type(shadow) in _STR_OR_NONE
+            and type(argsrepr) in _STR_OR_NONE and type(kwargsrepr) in _STR_OR_NONE
+            and type(origin) in _STR_OR_NONE
+            and type(group_index) in _INT_OR_NONE and type(retries) in _INT_OR_NONE
+            and type(nesting) in _INT_OR_NONE
+            and (stamped is None or type(stamped) is list)
+            and (stamps is None or type(stamps) is dict)
+            and (ignore_result is None or type(ignore_result) is bool)
+            and type(reply_to) in _STR_OR_NONE and type(correlation_id) in _STR_OR_NONE
+            and type(priority) in _INT_OR_NONE and type(delivery_mode) in _INT_OR_NONE
+            and (timelimit is None or (
+                type(timelimit) is list and len(timelimit) == 2
+                and type(timelimit[0]) in _NUMBER_OR_NONE
+                and type(timelimit[1]) in _NUMBER_OR_NONE))
+        ):
+            # every other field is valid here: a bad time is the first error, as below
+            eta = get("eta")
+            expires = get("expires")
+            return build_task_message(
+                task_id, name, args, kwargs, root_id, parent_id, group, group_index, shadow,
+                None if eta is None else parse_time(eta, "header 'eta'"),
+                None if expires is None else parse_time(expires, "header 'expires'"),
+                retries or 0,
+                (None, None) if timelimit is None else (timelimit[0], timelimit[1]),
+                argsrepr, kwargsrepr, origin, bool(ignore_result), nesting or 0, stamped,
+                {} if stamps is None else stamps,
+                {} if headers.keys() <= KNOWN_HEADERS
+                else {k: v for k, v in headers.items() if k not in KNOWN_HEADERS},
+                None, None, None, None, reply_to, correlation_id, priority or 0,
+                delivery_mode or 2, content_type, content_encoding,
+                compression if type(compression) is str else None,
+            )
+    return _decode_v2_checked(headers, payload, properties, content_type, content_encoding)
+
+
+def _decode_v2_checked(
+    headers: dict[str, Any],
+    payload: Any,
+    properties: Mapping[str, Any],
+    content_type: str,
+    content_encoding: str,
+) -> TaskMessage:
+    """decode_v2, field by field, raising DecodeError for the first field that is wrong."""
     if not isinstance(payload, list | tuple) or len(payload) != 3:
         raise DecodeError(
             "protocol 2 body must be a list [args, kwargs, embed], got "

@@ -114,6 +114,17 @@ def loads(
 
     Raises ContentDisallowed when it is not, DecodeError when the bytes are malformed.
     """
+    ser = _BY_TYPE.get(content_type or "application/data")
+    if (
+        ser is not None
+        and type(data) is bytes
+        and (content_encoding in _AS_IS_ENCODINGS or ser.content_encoding == "binary")
+        and (ser.name in accept or content_type in accept)
+    ):  # the usual case, in short: an accepted type, bytes, no re-encoding
+        try:
+            return ser.loads(data)
+        except Exception as exc:
+            raise DecodeError(f"malformed {ser.name} body: {_short(exc)}") from None
     ctype = content_type or "application/data"
     ser = _BY_TYPE.get(ctype)
     if (

@@ -42,22 +42,43 @@ class Batcher(Generic[T]):
         """Queue ``item`` for the next turn of the loop; errors are logged."""
         self._pending.append(item)
         if self._scheduled is None and not self._writing:
-            self._scheduled = asyncio.get_running_loop().create_task(self._drain())
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._scheduled = asyncio.get_running_loop().create_task(self._drain())
 
     async def submit(self, item: T) -> None:
         """Write ``item`` (with whatever else is pending) and return once it is written."""
-        self._pending.append(item)
         if self._writing:
+            self._pending.append(item)
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(fut)
             await fut
             return
-        await self._drain()
+        if self._pending:
+            self._pending.append(item)
+            await self._drain()
+            return
+        # Nothing else to write (an early ack between tasks, the usual case): write it alone.
+        self._writing = True
+        written = False
+        try:
+            await self._write([item])
+            written = True
+        except Exception as exc:
+            log.error("writing 1 %s failed: %s", self._name, exc)
+            raise
+        finally:
+            self._writing = False
+            if not written and self._pending and self._scheduled is None:
+                self._schedule()  # what others handed in meanwhile goes from the background
+        self._failing_since = None
+        if self._pending:  # handed in while this was written: written now, together
+            await self._drain()
 
     async def _drain(self) -> None:
         """Write until nothing is pending; the caller is the one writer meanwhile."""
         self._writing = True
-        loop = asyncio.get_running_loop()
         delay = 0.05
         try:
             while self._pending:
@@ -69,9 +90,10 @@ class Batcher(Generic[T]):
                     for fut in waiters:
                         if not fut.done():
                             fut.set_exception(exc)
-                    if asyncio.current_task() is not self._scheduled:
+                    if self._scheduled is None or asyncio.current_task() is not self._scheduled:
                         log.error("writing %d %s failed: %s", len(items), self._name, exc)
                         raise
+                    loop = asyncio.get_running_loop()
                     if self._failing_since is None:
                         self._failing_since = loop.time()
                     if loop.time() - self._failing_since < self.retry_for:
@@ -92,8 +114,12 @@ class Batcher(Generic[T]):
                         fut.set_result(None)
         finally:
             self._writing = False
-            if asyncio.current_task() is self._scheduled:
+            if self._scheduled is not None and asyncio.current_task() is self._scheduled:
                 self._scheduled = None
+            elif self._pending and self._scheduled is None:
+                # a write of a caller failed: what others handed in meanwhile still goes,
+                # from the background (retried there; their callers see that write's outcome)
+                self._schedule()
 
     def __len__(self) -> int:
         return len(self._pending)

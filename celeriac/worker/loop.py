@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,9 +97,17 @@ class Worker:
         self._stopping = False
         self._cold = False
         self._held: dict[int, Delivery] = {}  # fetched, not yet acked or given back
-        self._reserved = 0  # fetched, outcome not yet known
-        self._room = asyncio.Event()
-        self._ready: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        self._reserved = 0  # in the prefetch window: fetched, not yet acked (see _consume)
+        #: the window has room for a fetch once this many slots are free (a batch at a time;
+        #: a whole window for a pool that holds the loop: see _consume)
+        self._refill_at = self.prefetch if pool.blocks_loop else max(1, self.prefetch // 2)
+        self._room_waiter: asyncio.Future[None] | None = None  # the consumer's, for room
+        self._released_early: set[int] = set()  # acked early: their slot is already free
+        # Fetched messages wait in ``_ready`` (None: a runner's signal to end); runners with
+        # nothing to do wait on a future each in ``_idle``. (A deque and plain futures: the
+        # hand-off costs less than an asyncio.Queue's, once per message.)
+        self._ready: deque[Delivery | None] = deque()
+        self._idle: deque[asyncio.Future[None]] = deque()
         self._stopped = asyncio.Event()
         self._started = asyncio.Event()
         self._cold_event = asyncio.Event()
@@ -169,7 +178,8 @@ class Worker:
             await consumer
         await self._give_back_unstarted()
         for _ in runners:
-            self._ready.put_nowait(None)
+            self._ready.append(None)
+        self._wake_runners(len(runners))
         running: asyncio.Future[Any] = asyncio.gather(*runners, return_exceptions=True)
         cold: asyncio.Future[Any] = asyncio.ensure_future(self._cold_event.wait())
         done, _ = await asyncio.wait(
@@ -197,11 +207,10 @@ class Worker:
         return 0 if clean and not self._cold else 1
 
     async def _give_back_unstarted(self) -> None:
-        unstarted: list[Delivery] = []
-        while not self._ready.empty():
-            item = self._ready.get_nowait()
-            if item is not None:
-                unstarted.append(item)
+        unstarted = [d for d in self._ready if d is not None]
+        ends = len(self._ready) - len(unstarted)
+        self._ready.clear()
+        self._ready.extend([None] * ends)  # runners' signals to end stay
         if unstarted:
             for d in unstarted:
                 self._held.pop(id(d), None)
@@ -230,13 +239,27 @@ class Worker:
 
     # ---- consuming ----------------------------------------------------------------------
     async def _consume(self) -> None:
+        """Keep the prefetch window full, fetching in batches rather than one at a time.
+
+        The window counts the messages held and not yet acked, as a broker's prefetch count
+        does: an early-acked message (acks_late off) leaves it when its task starts, a late
+        one when its outcome is written. A fetch goes out once ``_refill_at`` slots are free,
+        or as soon as any is once nothing is left queued. Most pools let this coroutine run
+        while their tasks do; a pool that holds the loop (solo) waits for a whole window
+        and sends the fetch as its last queued task starts (``_ack_early``), so the next
+        batch is on its way while that task runs.
+        """
         backoff = 0.1
-        refill_at = max(1, self.prefetch // 2)  # fetch in batches, not one message at a time
+        ready = self._ready
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             room = self.prefetch - self._reserved
-            if room <= 0 or (room < refill_at and not self._ready.empty()):
-                self._room.clear()
-                await self._room.wait()
+            if not self._refill_due():
+                self._room_waiter = waiter = loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self._room_waiter = None
                 continue
             try:
                 batch = await self.broker.fetch(self.queues, room, self.fetch_timeout)
@@ -246,14 +269,33 @@ class Worker:
                 backoff = min(backoff * 2, 10.0)
                 continue
             backoff = 0.1
+            held = self._held
             for delivery in batch:
-                self._held[id(delivery)] = delivery
-                self._ready.put_nowait(delivery)
+                held[id(delivery)] = delivery
+            ready.extend(batch)
             self._reserved += len(batch)
+            if self._idle:
+                self._wake_runners(len(batch))
+
+    def _refill_due(self) -> bool:
+        """Whether the window has room for the next fetch: ``_refill_at`` free slots, or
+        any room at all once nothing is left queued."""
+        room = self.prefetch - self._reserved
+        return room >= self._refill_at or (room > 0 and not self._ready)
 
     def _release(self, count: int = 1) -> None:
         self._reserved -= count
-        self._room.set()
+        waiter = self._room_waiter
+        if waiter is not None and not waiter.done() and self._refill_due():
+            waiter.set_result(None)
+
+    def _wake_runners(self, count: int) -> None:
+        idle = self._idle
+        while count > 0 and idle:
+            runner = idle.popleft()
+            if not runner.done():
+                runner.set_result(None)
+                count -= 1
 
     def stats(self) -> dict[str, Any]:
         """What the worker has done: outcomes by state, and its pool's figures (for prefork,
@@ -274,8 +316,16 @@ class Worker:
 
     # ---- processing ---------------------------------------------------------------------
     async def _runner(self) -> None:
+        ready = self._ready
+        released = self._released_early
+        loop = asyncio.get_running_loop()
         while True:
-            delivery = await self._ready.get()
+            if not ready:
+                waiter = loop.create_future()
+                self._idle.append(waiter)  # (a cancelled one is skipped by _wake_runners)
+                await waiter
+                continue
+            delivery = ready.popleft()
             if delivery is None:
                 return
             try:
@@ -288,7 +338,10 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await self.broker.requeue([delivery])
             finally:
-                self._release()
+                if released and id(delivery) in released:
+                    released.discard(id(delivery))
+                else:
+                    self._release()
 
     async def _process(self, delivery: Delivery) -> None:
         try:
@@ -303,25 +356,18 @@ class Worker:
             unknown = NotRegistered(f"task {msg.task!r} is not registered on {self.hostname}")
             await self._dead_letter(delivery, unknown, msg.id, msg.task)
             return
-        now = time.time()
-        if msg.expires is not None and msg.expires.timestamp() <= now:
-            await self._expired(delivery, msg)
-            return
-        if msg.eta is not None and msg.eta.timestamp() - now > ETA_SLACK:
-            await self._hold_in_broker(delivery, msg.eta.timestamp())
-            return
+        if msg.expires is not None or msg.eta is not None:
+            now = time.time()
+            if msg.expires is not None and msg.expires.timestamp() <= now:
+                await self._expired(delivery, msg)
+                return
+            if msg.eta is not None and msg.eta.timestamp() - now > ETA_SLACK:
+                await self._hold_in_broker(delivery, msg.eta.timestamp())
+                return
         conf = self.app.conf
         acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
         if not acks_late:
-            try:
-                await self.acks.submit(delivery)
-            except BrokerError as exc:
-                # The ack may have landed before the connection broke (Redis killed between
-                # applying it and replying): not running the task could lose it. Run it; if the
-                # ack did not land, the message returns after its lease (at least once).
-                log.warning("ack of %s[%s] not confirmed (%s); running it anyway",
-                            msg.task, msg.id, exc)
-                self._held.pop(id(delivery), None)
+            await self._ack_early(delivery, msg)
         ctx = self._context(msg, delivery)
         track = conf.task_track_started if task.track_started is None else task.track_started
         if track and not msg.ignore_result:
@@ -330,6 +376,26 @@ class Worker:
                 msg.id, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}), None))
         outcome = await self.pool.execute(task, ctx)
         await self._settle(delivery, msg, task, outcome, acks_late)
+
+    async def _ack_early(self, delivery: Delivery, msg: TaskMessage) -> None:
+        """Ack before the task runs (acks_late off); its slot in the prefetch window is then
+        free, as a broker's prefetch count counts unacked messages."""
+        try:
+            await self.acks.submit(delivery)
+        except BrokerError as exc:
+            # The ack may have landed before the connection broke (Redis killed between
+            # applying it and replying): not running the task could lose it. Run it; if the
+            # ack did not land, the message returns after its lease (at least once).
+            log.warning("ack of %s[%s] not confirmed (%s); running it anyway",
+                        msg.task, msg.id, exc)
+            self._held.pop(id(delivery), None)
+        self._released_early.add(id(delivery))
+        self._release()
+        if self._room_waiter is not None and self._refill_due():
+            # A pool that holds the loop while a task runs (solo) gives the consumer no turn
+            # until its queue is empty: let it send its fetch now, to be on its way while
+            # this task runs, rather than after.
+            await asyncio.sleep(0)
 
     def _context(self, msg: TaskMessage, delivery: Delivery) -> Context:
         return Context(
@@ -360,7 +426,8 @@ class Worker:
                      outcome.value)
             if not msg.ignore_result:
                 meta = self._meta(msg, states.SUCCESS, outcome.value, None)
-            follow = followups.success_messages(self.app, msg, outcome.value)
+            if msg.callbacks or msg.chain:
+                follow = followups.success_messages(self.app, msg, outcome.value)
         elif status == states.FAILURE:
             log.error("Task %s[%s] raised unexpected: %r", msg.task, msg.id, outcome.value)
             store = not msg.ignore_result or self.app.conf.task_store_errors_even_if_ignored

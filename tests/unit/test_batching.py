@@ -77,3 +77,38 @@ async def test_submit_failure_reaches_the_caller() -> None:
     batcher: Batcher[int] = Batcher(broken, "acks")
     with pytest.raises(ConnectionError):
         await batcher.submit(1)
+
+
+async def test_items_handed_in_during_a_failed_write_still_go() -> None:
+    gate = asyncio.Event()
+    writes: list[list[int]] = []
+
+    async def write(items: list[int]) -> None:
+        writes.append(items)
+        if len(writes) == 1:
+            await gate.wait()
+            raise ConnectionError("lost")
+
+    batcher: Batcher[int] = Batcher(write, "acks", retry_for=5.0)
+    first = asyncio.create_task(batcher.submit(0))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0)
+    gate.set()
+    with pytest.raises(ConnectionError):
+        await first
+    await asyncio.wait_for(second, 5)  # written by the next write, not left waiting
+    assert writes == [[0], [1]]
+
+
+async def test_a_lone_submit_is_written_alone_and_at_once() -> None:
+    writes: list[list[int]] = []
+
+    async def write(items: list[int]) -> None:
+        writes.append(items)
+
+    batcher: Batcher[int] = Batcher(write, "acks")
+    for i in range(3):
+        await batcher.submit(i)
+        assert writes[-1] == [i]
+    assert len(batcher) == 0
