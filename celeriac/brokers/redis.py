@@ -119,18 +119,20 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from hashlib import sha1
 from typing import Any
 
+import hiredis
 import orjson
 import redis.asyncio as aioredis
+from redis._parsers.base import BaseParser
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from celeriac.brokers import _redact
@@ -160,6 +162,8 @@ from celeriac.utils.redis_urls import (
 )
 
 __all__ = ["Keys", "RedisBroker", "connection_url"]
+
+pack_command = hiredis.pack_command
 
 #: kombu's separator, in priority list names and in binding members.
 KOMBU_SEP = "\x06\x16"
@@ -499,6 +503,11 @@ class _Pipeline:
         self._pending: deque[_Sent] = deque()
         self._resend: list[_Sent] = []
         self._reader: asyncio.Task[None] | None = None
+        self._emptied: asyncio.Event | None = None  # set when nothing is awaited (close)
+        self._progress = 0.0  # monotonic time of the last reply read (or first one awaited)
+        timeout = pool.connection_kwargs.get("socket_timeout")
+        self._reply_timeout: float | None = float(timeout) if timeout else None
+        self._watchdog: asyncio.TimerHandle | None = None
         self._opening = asyncio.Lock()
         self._closed = False
         self._drops: set[asyncio.Task[None]] = set()
@@ -557,11 +566,33 @@ class _Pipeline:
         conn = self._conn
         assert conn is not None
         cmds = sent.commands
-        packed = conn.pack_command(*cmds[0]) if len(cmds) == 1 else conn.pack_commands(cmds)
-        self._pending.append(sent)
-        writer.writelines(packed)
+        pending = self._pending
+        if not pending:
+            self._progress = time.monotonic()  # replies are awaited from now on
+        pending.append(sent)
+        if len(cmds) == 1:
+            writer.write(pack_command(cmds[0]))
+        else:
+            writer.write(b"".join([pack_command(c) for c in cmds]))
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(self._read(conn, writer))
+        if self._watchdog is None and self._reply_timeout:
+            self._watchdog = asyncio.get_running_loop().call_later(
+                self._reply_timeout, self._check_progress, writer)
+
+    def _check_progress(self, writer: asyncio.StreamWriter) -> None:
+        """No reply for ``socket_timeout`` seconds while some are awaited: the connection is
+        dropped (the reader then settles what was on it), as a blocked read would time out."""
+        self._watchdog = None
+        limit = self._reply_timeout
+        if self._writer is not writer or not self._pending or limit is None:
+            return
+        silent = time.monotonic() - self._progress
+        if silent >= limit:
+            self._lost(writer, RedisTimeoutError(f"no reply from Redis for {silent:.1f} s"))
+            return
+        self._watchdog = asyncio.get_running_loop().call_later(
+            limit - silent, self._check_progress, writer)
 
     async def _open(self) -> asyncio.StreamWriter:
         async with self._opening:
@@ -590,21 +621,37 @@ class _Pipeline:
     # -- reading ---------------------------------------------------------------------------
 
     async def _read(self, conn: AbstractConnection, writer: asyncio.StreamWriter) -> None:
-        """Read replies while any are outstanding on this connection (then end: the next
-        write starts a new reader)."""
-        pending = self._pending
+        """Read the replies of this connection for as long as it lives.
+
+        One reader task per connection, parsing with hiredis straight from the connection's
+        stream (redis-py's ``read_response`` would open a timeout per reply; the watchdog of
+        ``_put`` bounds the wait instead). Redis sends nothing unasked on this connection, so
+        while nothing is awaited the read simply waits."""
+        stream = getattr(conn, "_reader", None)
+        if not isinstance(stream, asyncio.StreamReader):
+            raise RedisConnectionError("redis-py connection without a stream reader")
+        parser = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
         try:
-            while pending and self._writer is writer:
-                try:
-                    reply = await conn.read_response()
-                except ResponseError as exc:
-                    reply = exc
+            while self._writer is writer:
+                reply = parser.gets()
+                if reply is False:
+                    data = await stream.read(65536)
+                    if not data:
+                        raise RedisConnectionError("connection closed by the server")
+                    self._progress = time.monotonic()
+                    parser.feed(data)
+                    continue
+                pending = self._pending
+                if not pending:
+                    raise InvalidResponse(f"a reply nobody asked for: {reply!r}")
                 head = pending[0]
                 head.replies.append(reply)
                 if len(head.replies) == len(head.commands):
                     pending.popleft()
                     self._settle(writer, head)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    if not pending and self._emptied is not None:
+                        self._emptied.set()
+        except (RedisError, OSError) as exc:
             self._lost(writer, exc)
         except BaseException as exc:  # cancelled (closing), or a bug: the stream is unusable
             self._lost(writer, RedisConnectionError(f"reading replies stopped: {exc!r}"))
@@ -642,6 +689,9 @@ class _Pipeline:
         conn = self._conn
         self._conn = self._writer = None
         self._reader = None  # the old one ends on its own
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         pending = list(self._pending)
         self._pending.clear()
         self._pending = deque()
@@ -669,8 +719,12 @@ class _Pipeline:
         """Wait up to ``timeout`` seconds for outstanding replies (the last acks' among
         them), then close."""
         reader = self._reader
-        if reader is not None and not reader.done():
-            await asyncio.wait([reader], timeout=timeout)
+        if reader is not None and not reader.done() and self._pending:
+            self._emptied = emptied = asyncio.Event()
+            waiting = asyncio.ensure_future(emptied.wait())
+            await asyncio.wait([reader, waiting], timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
         self._closed = True
         reader, self._reader = self._reader, None
         writer = self._writer
@@ -792,7 +846,7 @@ class RedisBroker:
         self._client = client
         self._pipe = _Pipeline(pool, SCRIPTS, self._shas)
         self._watches = ListWatches(pool)
-        async with self._translate("connect"):
+        with self._errors("connect"):
             await self._call("PING")
 
     async def close(self) -> None:
@@ -852,10 +906,6 @@ class RedisBroker:
                 self._declared.clear()
             raise BrokerError(f"{self._where} failed to {doing}: {exc}") from exc
 
-    @contextlib.asynccontextmanager
-    async def _translate(self, doing: str) -> AsyncIterator[None]:
-        with self._errors(doing):
-            yield
 
     # -- encoding -----------------------------------------------------------------------
 
@@ -994,7 +1044,7 @@ class RedisBroker:
     async def _declare_consumed(self, queues: Sequence[str]) -> None:
         ops = [op for q in queues for op in self._declare("", q, q)]
         if ops:
-            async with self._translate("declare queues"):
+            with self._errors("declare queues"):
                 await self._execute(ops)
 
     async def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
@@ -1017,7 +1067,7 @@ class RedisBroker:
             watches = self._watches
             if watches is None:
                 raise BrokerConnectionError(f"{self!r} is closed")
-            async with self._translate("wait for messages"):
+            with self._errors("wait for messages"):
                 await watches.wait(watched, wait)
 
     def _by_tag(self) -> list[str]:
@@ -1029,7 +1079,7 @@ class RedisBroker:
         if not deliveries:
             return
         self._redis()
-        async with self._translate("ack"):
+        with self._errors("ack"):
             await self._pipeline().script("ack", self._by_tag(), [d.tag for d in deliveries],
                                           wait=False)
 
@@ -1038,7 +1088,7 @@ class RedisBroker:
             return
         self._redis()
         tags = [d.tag for d in reversed(deliveries)]  # the first given goes back last: next
-        async with self._translate("requeue"):
+        with self._errors("requeue"):
             await self._script("requeue", self._by_tag(), tags)
 
     async def renew(self, deliveries: Sequence[Delivery]) -> None:
@@ -1046,7 +1096,7 @@ class RedisBroker:
             return
         self._redis()
         args = [int(self.lease_seconds * 1000), *(d.tag for d in deliveries)]
-        async with self._translate("renew leases"):
+        with self._errors("renew leases"):
             await self._script("renew", [self.keys.leases], args)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -1060,7 +1110,7 @@ class RedisBroker:
             "tag": str(delivery.tag),
             "entry": raw.decode("utf-8"),
         })
-        async with self._translate("dead-letter"):
+        with self._errors("dead-letter"):
             await self._script(
                 "dead",
                 [*self._by_tag(), self.keys.dead_letter],
@@ -1082,7 +1132,7 @@ class RedisBroker:
         ops.append(("DEL", *[k for q in queues
                              for k in (*self._waiting_keys(q), self.keys.delayed(q))]))
         ops.append(("EXEC",))
-        async with self._translate("purge"):
+        with self._errors("purge"):
             results = (await self._execute(ops))[-1]
         return sum(int(n) for n in results[:counted])
 
@@ -1090,14 +1140,14 @@ class RedisBroker:
         self._redis()
         ops: list[tuple[Any, ...]] = [("LLEN", key) for key in self._waiting_keys(queue)]
         ops += [("ZCARD", self.keys.delayed(queue)), ("HGET", self.keys.inflight_count, queue)]
-        async with self._translate("count a queue"):
+        with self._errors("count a queue"):
             *sizes, inflight = await self._execute(ops)
         return sum(int(n) for n in sizes) + int(inflight or 0)
 
     async def dead_letters(self, limit: int = 100) -> list[tuple[Delivery, str]]:
         if limit <= 0:
             return []
-        async with self._translate("read dead letters"):
+        with self._errors("read dead letters"):
             self._redis()
             raw = await self._call("LRANGE", self.keys.dead_letter, 0, limit - 1)
         out: list[tuple[Delivery, str]] = []

@@ -18,6 +18,7 @@ import redis
 
 from celeriac import Celeriac
 from celeriac.brokers.redis import RedisBroker
+from celeriac.errors import BrokerConnectionError
 from celeriac.message import Envelope, Outgoing
 from celeriac.protocol import kombu_envelope
 from celeriac.utils.sync import thread_loop
@@ -241,6 +242,32 @@ def test_worker_resumes_consuming_after_redis_restart(
     assert [r.get(timeout=40) for r in results] == [2 * i for i in range(20)]
     assert worker.proc.poll() is None
     assert "unreachable" in worker.log()  # it did see the outage
+
+
+@pytest.mark.timeout(60)
+async def test_a_redis_that_stops_answering_fails_the_wait_after_socket_timeout(
+    private_redis: Any,
+) -> None:
+    """Replies are read without a timeout per reply; a watchdog drops the pipelined connection
+    when an awaited reply has not come for ``socket_timeout``: a frozen Redis (SIGSTOP) fails
+    the call (one retry on a new connection, which cannot connect either) instead of hanging,
+    and the broker works again once Redis does."""
+    import os
+    import signal
+
+    broker = RedisBroker(private_redis.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    await broker.connect()
+    pid = private_redis.proc.pid
+    try:
+        assert await broker.queue_size("celery") == 0
+        os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(BrokerConnectionError):  # not wait_for's TimeoutError
+            await asyncio.wait_for(broker.queue_size("celery"), 30)
+        os.kill(pid, signal.SIGCONT)
+        assert await broker.queue_size("celery") == 0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await broker.close()
 
 
 # -- ETA / countdown --------------------------------------------------------------------------
