@@ -58,3 +58,14 @@ class ResultBackend(Protocol):
         A backend whose server expires keys by itself (Redis) returns 0 and has the class
         attribute ``expires_itself = True``.
         """
+
+
+@runtime_checkable
+class RepliesTo(Protocol):
+    """Optional: a backend that sends each result to the client that asked (``rpc://``).
+
+    The worker tells it a task's ``reply_to`` (from the task message) before it stores
+    anything for that task.
+    """
+
+    def reply_to(self, task_id: str, address: str) -> None: ...

@@ -12,8 +12,11 @@ Celery's layout, byte-compatible both ways (``amqp-rpc-backend-replies`` capture
   name ``rpc-<oid>``), so ``get``/``wait`` on any event loop of the process see it. As with
   Celery, results are transient: only the client that sent a task receives its result.
 
-The worker learns each task's ``reply_to`` from the AMQP broker (``brokers._amqp_replies``);
-a result whose client is unknown (or is this process) goes straight into this process's cache.
+The worker tells the backend each task's ``reply_to`` (``reply_to``, the ``RepliesTo``
+capability) before storing its results; the addresses are kept per process (bounded, the
+oldest go first), so every instance in the process (a threads pool's, say) can send a task's
+``update_state``. A result whose client is unknown (or is this process) goes straight into
+this process's cache.
 The connection is an ``AMQPBroker`` of its own (reconnects, publisher confirms).
 """
 
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +36,6 @@ from celeriac import states
 from celeriac.backends._common import check_expires, decode_meta, encode_meta, task_id_of
 from celeriac.backends.base import Meta
 from celeriac.backends.memory import MemoryBackend
-from celeriac.brokers import _amqp_replies as replies
 from celeriac.brokers.amqp import AMQPBroker
 from celeriac.errors import BackendError, BrokerError, ConfigurationError
 from celeriac.message import Envelope
@@ -44,6 +48,32 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 QUEUE_EXPIRES_MS = 86_400_000
 _CONNECTION_OPTIONS = frozenset({"heartbeat", "connect_timeout", "publish_timeout",
                                  "reconnect_max_delay"})
+#: How many tasks' reply addresses a process keeps (the oldest go first).
+REPLY_TO_LIMIT = 200_000
+
+
+class _ReplyAddresses:
+    """Task id -> the reply queue its results go to, for the whole process."""
+
+    def __init__(self, limit: int = REPLY_TO_LIMIT) -> None:
+        self._lock = threading.Lock()
+        self._addresses: OrderedDict[str, str] = OrderedDict()
+        self.limit = limit
+
+    def note(self, task_id: str, address: str) -> None:
+        with self._lock:
+            self._addresses[task_id] = address
+            if len(self._addresses) > self.limit:
+                self._addresses.popitem(last=False)
+
+    def lookup(self, task_id: str, forget: bool = False) -> str | None:
+        with self._lock:
+            if forget:
+                return self._addresses.pop(task_id, None)
+            return self._addresses.get(task_id)
+
+
+_addresses = _ReplyAddresses()
 
 
 class RPCBackend:
@@ -94,12 +124,10 @@ class RPCBackend:
             await broker.close()
             raise BackendError(f"rpc backend cannot listen on its reply queue: {exc}") from exc
         self._broker = broker
-        replies.enable()
 
     async def close(self) -> None:
         broker, self._broker = self._broker, None
         if broker is not None:
-            replies.disable()
             await broker.close()
 
     def _on_reply(self, envelope: Envelope) -> None:
@@ -112,6 +140,10 @@ class RPCBackend:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    def reply_to(self, task_id: str, address: str) -> None:
+        """Results of ``task_id`` go to the reply queue ``address`` (told by the worker)."""
+        _addresses.note(task_id, address)
+
     async def store(self, metas: Sequence[Meta]) -> None:
         if not metas:
             return
@@ -120,7 +152,7 @@ class RPCBackend:
         for meta in metas:
             task_id = task_id_of(meta)
             ready = meta.get("status") in states.READY_STATES
-            reply_to = replies.lookup(task_id, forget=ready)
+            reply_to = _addresses.lookup(task_id, forget=ready)
             if reply_to is None or reply_to == self.oid:
                 local.append(meta)
                 continue

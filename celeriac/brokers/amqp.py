@@ -61,7 +61,6 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from celeriac.brokers import _amqp_codec, _amqp_speedups
-from celeriac.brokers import _amqp_replies as replies
 from celeriac.brokers import _amqp_topology as topo
 from celeriac.brokers._common import check_fetch_args, clamp_priority, positive_seconds, resolve_options
 from celeriac.brokers.base import DEFAULT_LEASE_SECONDS
@@ -721,10 +720,6 @@ class AMQPBroker:
                 value = getattr(props, name)
                 if value is not None:
                     properties[name] = value
-        if replies.active and props.reply_to:
-            task_id = headers.get("id") or props.correlation_id
-            if isinstance(task_id, str):
-                replies.remember(task_id, props.reply_to)
         # A retry keeps its task id (Celery's correlation_id): count per message, not per id.
         key = props.message_id or (props.correlation_id, headers.get("retries"),
                                    hashlib.sha1(message.body).digest())

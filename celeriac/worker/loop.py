@@ -25,7 +25,7 @@ from typing import Any
 
 from celeriac import states
 from celeriac.app import Celeriac
-from celeriac.backends.base import Meta
+from celeriac.backends.base import Meta, RepliesTo
 from celeriac.context import Context
 from celeriac.errors import (
     BrokerError,
@@ -108,6 +108,7 @@ class Worker:
         # hand-off costs less than an asyncio.Queue's, once per message.)
         self._ready: deque[Delivery | None] = deque()
         self._idle: deque[asyncio.Future[None]] = deque()
+        self._replies: RepliesTo | None = None  # see run()
         self._stopped = asyncio.Event()
         self._started = asyncio.Event()
         self._cold_event = asyncio.Event()
@@ -117,6 +118,8 @@ class Worker:
         """Run until stopped; returns the process exit code."""
         res = await self.app.resources()
         self.broker, self.backend = res.broker, res.backend
+        # the backend, if results go to the client that asked (rpc://): told each reply_to
+        self._replies = res.backend if isinstance(res.backend, RepliesTo) else None
         self.lease = float(getattr(self.broker, "lease_seconds", 30.0))
         self.acks: Batcher[Delivery] = Batcher(self._write_acks, "acks")
         self.results: Batcher[tuple[Meta | None, Delivery | None]] = Batcher(
@@ -348,9 +351,14 @@ class Worker:
             msg = decode_task(delivery.envelope, self.accept)
         except ProtocolError as exc:
             headers = delivery.envelope.headers
-            task_id = headers.get("id") or delivery.envelope.properties.get("correlation_id")
+            properties = delivery.envelope.properties
+            task_id = headers.get("id") or properties.get("correlation_id")
+            if self._replies is not None and task_id and properties.get("reply_to"):
+                self._replies.reply_to(str(task_id), str(properties["reply_to"]))
             await self._dead_letter(delivery, exc, task_id, headers.get("task"))
             return
+        if self._replies is not None and msg.reply_to:
+            self._replies.reply_to(msg.id, msg.reply_to)
         task = self.app.tasks.get(msg.task)
         if task is None:
             unknown = NotRegistered(f"task {msg.task!r} is not registered on {self.hostname}")
