@@ -33,6 +33,7 @@ import logging
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -152,8 +153,31 @@ def main(argv: list[str] | None = None) -> int:
             console.print("stopped the private redis-server")
 
 
+def redis_floor(url: str, n: int = 5000, repeat: int = 3) -> float:
+    """The machine's floor for one Redis round trip from Python right now: the median time of
+    a redis-py ``PING`` (blocking, hiredis) in a loop, in microseconds. Loopback latency on a
+    shared VM drifts over minutes; printed before and after the rows to read them against."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for _ in range(n):
+                client.ping()
+            times.append((time.perf_counter() - start) / n * 1e6)
+    finally:
+        client.close()
+    return statistics.median(times)
+
+
 def run(args: argparse.Namespace, keys: list[str], private: PrivateRedis | None) -> int:
     rows = make_rows(args.redis_url, args.amqp_url)
+    floors: list[float] = []
+    if args.redis_url and REDIS_ROWS.intersection(keys):
+        floors.append(redis_floor(args.redis_url))
+        console.print(f"Redis round-trip floor (redis-py PING): {floors[-1]:.1f} µs")
     logging.getLogger("celeriac").setLevel(logging.ERROR)  # in-process workers: quiet
     params = Params(n=args.n, batch=args.batch, k=args.k, repeat=args.repeat,
                     warmup=args.warmup)
@@ -194,10 +218,15 @@ def run(args: argparse.Namespace, keys: list[str], private: PrivateRedis | None)
             console.print(f"kept {top}")
         else:
             shutil.rmtree(top, ignore_errors=True)
+    if floors and args.redis_url:
+        floors.append(redis_floor(args.redis_url))
     out = Console()
     if not out.is_terminal:
         out = Console(width=150)
     out.print(render(results, params))
+    if floors:
+        out.print("Redis round-trip floor (redis-py PING, one at a time), before and after: "
+                  + " / ".join(f"{f:.1f} µs ({1e6 / f:,.0f}/s)" for f in floors))
     if args.json:
         args.json.write_text(json.dumps({
             "when": datetime.now(UTC).isoformat(),
@@ -205,6 +234,7 @@ def run(args: argparse.Namespace, keys: list[str], private: PrivateRedis | None)
                         "platform": platform.platform()},
             "params": vars(params),
             "redis": "private redis-server" if private is not None else args.redis_url,
+            "redis_floor_us": floors,
             "rows": results,
         }, indent=2))
         console.print(f"saved {args.json}")
