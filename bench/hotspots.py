@@ -12,8 +12,10 @@ waiting in epoll or on a lock is not sampled).
 
 ``--broker sqlite`` (the default) uses a new SQLite file as broker and backend;
 ``--broker redis`` a private ``redis-server`` (``bench.redis_server``; or the server of
-``--redis-url``) for both. ``--rate`` is py-spy's sampling rate (samples/s); ``--save``
-keeps the raw stacks, which ``python -m bench.hotspots report FILE...`` prints again.
+``--redis-url``) for both; ``--broker amqp`` the RabbitMQ of ``--amqp-url``, with results
+in a new SQLite file (as the bench's RabbitMQ row). ``--rate`` is py-spy's sampling rate
+(samples/s); ``--save`` keeps the raw stacks, which ``python -m bench.hotspots report FILE...``
+prints again.
 """
 
 from __future__ import annotations
@@ -142,11 +144,11 @@ def stop_recording(spy: subprocess.Popen[bytes], worker_pid: int) -> None:
             spy.wait(10)
 
 
-def drain(url: str, d: Path, n: int, results: bool) -> None:
-    configure(url, url)
+def drain(url: str, backend: str, d: Path, n: int, results: bool) -> None:
+    configure(url, backend)
     last_id = preload(n, 1000, results)
     out = d / "drain.txt"
-    spy, worker_pid = record_worker(_worker_env(url, url, None, None), out, d / "spy.log")
+    spy, worker_pid = record_worker(_worker_env(url, backend, None, None), out, d / "spy.log")
     try:
         started = time.perf_counter()
         if results:
@@ -160,11 +162,11 @@ def drain(url: str, d: Path, n: int, results: bool) -> None:
     report(out, f"worker, drain {n} tasks, results {'on' if results else 'off'}")
 
 
-def enqueue(url: str, d: Path, n: int, batched: bool) -> None:
+def enqueue(url: str, backend: str, d: Path, n: int, batched: bool) -> None:
     out = d / "enqueue.txt"
     code = (
         "from bench.celeriac_rows import configure, enqueue_one, enqueue_batch\n"
-        f"configure({url!r}, {url!r})\n"
+        f"configure({url!r}, {backend!r})\n"
         f"rate = enqueue_batch({n}, 1000) if {batched} else enqueue_one({n}, 50)\n"
         "print(f'{rate:,.0f} tasks/s under py-spy')\n"
     )
@@ -173,16 +175,16 @@ def enqueue(url: str, d: Path, n: int, batched: bool) -> None:
     report(out, f"producer, enqueue {'batched' if batched else 'one at a time'}")
 
 
-def rtt(url: str, d: Path, k: int) -> None:
+def rtt(url: str, backend: str, d: Path, k: int) -> None:
     wout = d / "rtt-worker.txt"
     pout = d / "rtt-producer.txt"
-    spy, worker_pid = record_worker(_worker_env(url, url, None, None), wout, d / "spy.log")
+    spy, worker_pid = record_worker(_worker_env(url, backend, None, None), wout, d / "spy.log")
     try:
         code = (
             "import time\n"
             "from bench import tasks\n"
             "from bench.celeriac_rows import configure\n"
-            f"configure({url!r}, {url!r})\n"
+            f"configure({url!r}, {backend!r})\n"
             "tasks.noop_r.delay(-1).get(timeout=60)\n"
             "lat = []\n"
             f"for _ in range({k}):\n"
@@ -207,8 +209,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=2000)
     parser.add_argument("--results", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batched", action="store_true")
-    parser.add_argument("--broker", choices=["sqlite", "redis"], default="sqlite")
+    parser.add_argument("--broker", choices=["sqlite", "redis", "amqp"], default="sqlite")
     parser.add_argument("--redis-url", default=os.environ.get("CELERIAC_BENCH_REDIS_URL"))
+    parser.add_argument("--amqp-url", help="--broker amqp: the RabbitMQ to use")
     parser.add_argument("--rate", type=int, default=RATE, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25, help="functions shown per list")
     parser.add_argument("--nonblocking", action="store_true", help="py-spy --nonblocking")
@@ -226,19 +229,25 @@ def main() -> None:
     d = Path(tempfile.mkdtemp(prefix="celeriac-hotspots-"))
     private: PrivateRedis | None = None
     try:
+        backend = None
         if args.broker == "sqlite":
             url = sqlite_url(d)
+        elif args.broker == "amqp":
+            if not args.amqp_url:
+                parser.error("--broker amqp needs --amqp-url")
+            url, backend = args.amqp_url, sqlite_url(d)
         elif args.redis_url:
             url = args.redis_url
         else:
             private = PrivateRedis()
             url = private.start()
+        backend = backend or url
         if args.what == "drain":
-            drain(url, d, args.n, args.results)
+            drain(url, backend, d, args.n, args.results)
         elif args.what == "enqueue":
-            enqueue(url, d, args.n, args.batched)
+            enqueue(url, backend, d, args.n, args.batched)
         else:
-            rtt(url, d, args.k)
+            rtt(url, backend, d, args.k)
     finally:
         tasks.app.close()
         if private is not None:
