@@ -30,7 +30,7 @@ from celeriac.routing import ROUTE_KEYS, compile_routes, is_static_router, resol
 from celeriac.task import SEND_OPTIONS, TASK_OPTIONS, check_options, make_task
 from celeriac.task import Task as BaseTask
 from celeriac.utils.ids import new_id
-from celeriac.utils.sync import run_sync, thread_loop
+from celeriac.utils.sync import on_thread_end, run_sync, thread_loop
 
 if TYPE_CHECKING:
     from celeriac.canvas import Signature
@@ -127,6 +127,7 @@ class Celeriac:
             weakref.WeakKeyDictionary()
         )
         self._resources_lock = threading.Lock()
+        on_thread_end(self._close_thread_loop)
         self._routers: list[Callable[..., Any]] | None = None
         self._routes_source: Any = None
         self._static_routes: dict[tuple[Any, ...], tuple[Any, tuple[str, int, str, str]]] = {}
@@ -267,12 +268,21 @@ class Celeriac:
 
     async def aclose(self) -> None:
         """Close this loop's connections."""
-        loop = asyncio.get_running_loop()
-        res = self._resources.pop(loop, None)
+        res = self._resources.pop(asyncio.get_running_loop(), None)
         if res is not None and res.connected:
-            await res.broker.close()
-            if res.backend is not None:
-                await res.backend.close()
+            await self._close_resources(res)
+
+    @staticmethod
+    async def _close_resources(res: LoopResources) -> None:
+        await res.broker.close()
+        if res.backend is not None:
+            await res.backend.close()
+
+    def _close_thread_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A thread that ended had connections on its private loop: close them."""
+        res = self._resources.pop(loop, None)
+        if res is not None and res.connected and not loop.is_closed() and not loop.is_running():
+            loop.run_until_complete(asyncio.wait_for(self._close_resources(res), 10))
 
     def close(self) -> None:
         run_sync(self.aclose())

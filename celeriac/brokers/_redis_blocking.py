@@ -8,14 +8,13 @@ its own (hiredis parser): one ``send`` and one ``recv`` per publish, nothing els
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 class BlockingClient:
@@ -27,12 +26,15 @@ class BlockingClient:
         options = {k: v for k, v in pool_options.items() if k not in ("retry", "retry_on_error")}
         self._pool = redis.ConnectionPool.from_url(url, **options)
         self._conn: Any = None
+        self._pid = os.getpid()
         self._lock = threading.Lock()
 
     def run(self, ops: Sequence[tuple[Any, ...]]) -> list[Any]:
         """The replies of ``ops``, sent together; the first error reply raises once every
         reply is read (the connection stays in step)."""
         with self._lock:
+            if self._pid != os.getpid():  # forked: the socket is the parent's, leave it be
+                self._conn, self._pid = None, os.getpid()
             conn = self._conn
             if conn is None:
                 conn = self._conn = self._pool.get_connection()
@@ -45,7 +47,9 @@ class BlockingClient:
                         replies.append(conn.read_response())
                     except ResponseError as exc:
                         replies.append(exc)
-            except (RedisConnectionError, RedisTimeoutError, OSError):
+            except BaseException:
+                # a lost connection, or anything raised between two reads (a soft time
+                # limit's signal): replies may be left unread, so the connection goes
                 self._conn = None
                 conn.disconnect()
                 raise

@@ -119,7 +119,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from hashlib import sha1
 from typing import Any
@@ -462,19 +462,28 @@ def _steps(value: Any) -> tuple[int, ...]:
 # -- the pipelined connection ---------------------------------------------------------------
 
 
+#: a script and its arguments: (name, keys, args)
+ScriptCall = tuple[str, Sequence[Any], Sequence[Any]]
+#: given the replies of a command whose caller was cancelled before they came, the script
+#: that undoes what it did (a take's messages given back), or None
+Orphaned = Callable[[list[Any]], ScriptCall | None]
+
+
 class _Sent:
     """Commands written to the pipelined connection whose replies are not all read yet."""
 
-    __slots__ = ("commands", "evaled", "future", "replies", "script", "unconfirmed")
+    __slots__ = ("commands", "evaled", "future", "on_orphan", "replies", "script", "unconfirmed")
 
     def __init__(self, commands: list[tuple[Any, ...]], future: asyncio.Future[Any] | None,
-                 script: tuple[str, Sequence[Any], Sequence[Any]] | None = None) -> None:
+                 script: ScriptCall | None = None, on_orphan: Orphaned | None = None) -> None:
         self.commands = commands
         self.future = future  # None: nobody waits (a pipelined ack)
         self.replies: list[Any] = []
         self.script = script  # (name, keys, args) of a lone EVALSHA, for NOSCRIPT
         self.evaled = False  # sent again as EVAL after NOSCRIPT
         self.unconfirmed = 0  # connections lost while it was on the wire
+        #: for a reply whose caller was cancelled meanwhile: the script that undoes it
+        self.on_orphan = on_orphan
 
 
 class _Pipeline:
@@ -507,7 +516,7 @@ class _Pipeline:
         self._progress = 0.0  # monotonic time of the last reply read (or first one awaited)
         timeout = pool.connection_kwargs.get("socket_timeout")
         self._reply_timeout: float | None = float(timeout) if timeout else None
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.Handle | None = None
         self._opening = asyncio.Lock()
         self._closed = False
         self._drops: set[asyncio.Task[None]] = set()
@@ -523,23 +532,32 @@ class _Pipeline:
         return await self._ask(commands, None)
 
     async def script(self, name: str, keys: Sequence[Any], args: Sequence[Any],
-                     *, wait: bool = True) -> Any:
-        """EVALSHA ``name`` (EVAL on NOSCRIPT); ``wait=False``: return once written."""
-        command = ("EVALSHA", self._shas[name], len(keys), *keys, *args)
+                     *, wait: bool = True, on_orphan: Orphaned | None = None) -> Any:
+        """EVALSHA ``name`` (EVAL on NOSCRIPT); ``wait=False``: return once written.
+        ``on_orphan``: see ``_Sent``."""
         if not wait:
-            await self._write(_Sent([command], None, (name, keys, args)))
+            await self._write(self._script_sent(name, keys, args, None))
             return None
-        return (await self._ask([command], (name, keys, args)))[0]
+        return (await self._ask([self._command(name, keys, args)], (name, keys, args),
+                                on_orphan))[0]
 
-    async def _ask(self, commands: list[tuple[Any, ...]],
-                   script: tuple[str, Sequence[Any], Sequence[Any]] | None) -> list[Any]:
+    def _command(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
+        return ("EVALSHA", self._shas[name], len(keys), *keys, *args)
+
+    def _script_sent(self, name: str, keys: Sequence[Any], args: Sequence[Any],
+                     future: asyncio.Future[Any] | None) -> _Sent:
+        return _Sent([self._command(name, keys, args)], future, (name, keys, args))
+
+    async def _ask(self, commands: list[tuple[Any, ...]], script: ScriptCall | None,
+                   on_orphan: Orphaned | None = None) -> list[Any]:
         """Send and wait for the replies; a connection lost before they came is reopened and
-        the commands sent once more."""
+        the commands sent once more (Redis may have applied them: a publish may then be
+        queued twice, a take's messages wait for their lease)."""
         for attempt in (0, 1):
             fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
             try:
                 try:
-                    await self._write(_Sent(commands, fut, script))
+                    await self._write(_Sent(commands, fut, script, on_orphan))
                 except BaseException:
                     if fut.done() and not fut.cancelled():
                         fut.exception()  # settled by the same failure: retrieved here
@@ -580,19 +598,25 @@ class _Pipeline:
             self._watchdog = asyncio.get_running_loop().call_later(
                 self._reply_timeout, self._check_progress, writer)
 
-    def _check_progress(self, writer: asyncio.StreamWriter) -> None:
+    def _check_progress(self, writer: asyncio.StreamWriter, confirm: bool = False) -> None:
         """No reply for ``socket_timeout`` seconds while some are awaited: the connection is
-        dropped (the reader then settles what was on it), as a blocked read would time out."""
+        dropped (the reader then settles what was on it), as a blocked read would time out.
+
+        Silence is confirmed one loop turn later (``confirm``): after the loop was held (a
+        task on the solo pool), this timer runs in the same turn as the socket's read event,
+        before the reader has had its turn to take the replies that did come."""
         self._watchdog = None
         limit = self._reply_timeout
         if self._writer is not writer or not self._pending or limit is None:
             return
+        loop = asyncio.get_running_loop()
         silent = time.monotonic() - self._progress
-        if silent >= limit:
+        if silent < limit:
+            self._watchdog = loop.call_later(limit - silent, self._check_progress, writer)
+        elif not confirm:
+            self._watchdog = loop.call_soon(self._check_progress, writer, True)
+        else:
             self._lost(writer, RedisTimeoutError(f"no reply from Redis for {silent:.1f} s"))
-            return
-        self._watchdog = asyncio.get_running_loop().call_later(
-            limit - silent, self._check_progress, writer)
 
     async def _open(self) -> asyncio.StreamWriter:
         async with self._opening:
@@ -628,10 +652,10 @@ class _Pipeline:
         ``_put`` bounds the wait instead). Redis sends nothing unasked on this connection, so
         while nothing is awaited the read simply waits."""
         stream = getattr(conn, "_reader", None)
-        if not isinstance(stream, asyncio.StreamReader):
-            raise RedisConnectionError("redis-py connection without a stream reader")
         parser = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
         try:
+            if not isinstance(stream, asyncio.StreamReader):
+                raise RedisConnectionError("redis-py connection without a stream reader")
             while self._writer is writer:
                 reply = parser.gets()
                 if reply is False:
@@ -670,7 +694,11 @@ class _Pipeline:
             self._put(writer, sent)
             return
         fut = sent.future
-        if fut is None:
+        if fut is not None and fut.cancelled():
+            undo = sent.on_orphan(sent.replies) if error is None and sent.on_orphan else None
+            if undo is not None:  # its caller is gone (a fetch cancelled at shutdown)
+                self._put(writer, self._script_sent(*undo, None))
+        elif fut is None:
             if error is not None and sent.script is None:
                 log.debug("a pipelined command was refused by Redis: %s", error)
             elif error is not None:
@@ -1028,7 +1056,8 @@ class RedisBroker:
             *queues,
         ]
         with self._errors("fetch"):
-            reply = await self._script("take", self._keys_for(queues), args)
+            reply = await self._pipeline().script("take", self._keys_for(queues), args,
+                                                  on_orphan=self._untake)
         if len(reply) == 1:
             ms = int(reply[0])
             return [], (-1.0 if ms < 0 else ms / 1000)
@@ -1046,6 +1075,14 @@ class RedisBroker:
         if ops:
             with self._errors("declare queues"):
                 await self._execute(ops)
+
+    def _untake(self, reply: list[Any]) -> ScriptCall | None:
+        """The requeue of what a take whose fetch was cancelled took (the pipeline sends it
+        when the reply comes): nobody holds those messages, so they go back at once."""
+        taken = reply[0] if reply else None
+        if not isinstance(taken, list) or len(taken) < 4:
+            return None
+        return ("requeue", self._by_tag(), taken[-4::-4])  # first taken goes back last: next
 
     async def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
         check_fetch_args(queues, max_count)

@@ -660,11 +660,7 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _forget_parent_state() -> None:
     """Drop the parent's event loop state that fork copied (never to be used here)."""
-    asyncio.events._set_running_loop(None)
-    from celeriac.utils import sync
-
-    sync._local = threading.local()
-    sync._portal_loop = None
+    asyncio.events._set_running_loop(None)  # this thread's loops: see utils.sync (at fork)
     with contextlib.suppress(ValueError, OSError):
         signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is for the worker, which stops us

@@ -9,22 +9,38 @@
   shared background loop thread, since a running loop cannot be re-entered.
 
 Brokers and backends bind to the loop they were created on, so the app keeps one of each per
-loop (see ``Celeriac.resources``).
+loop (see ``Celeriac.resources``). A forked child starts afresh: new loops, so new connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
+import os
 import threading
-from collections.abc import Coroutine
+import weakref
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("celeriac")
 
 _local = threading.local()
 _portal_lock = threading.Lock()
 _portal_loop: asyncio.AbstractEventLoop | None = None
+
+
+#: called with a thread's private loop when that thread has ended (see ``on_thread_end``)
+_thread_end_hooks: list[weakref.WeakMethod[Callable[[asyncio.AbstractEventLoop], None]]] = []
+
+
+class _LoopOwner:
+    """Lives in a thread's locals beside its loop: when the thread ends its locals go, and
+    this one's finalizer closes what was opened on the loop (thread-per-request servers
+    would otherwise leave a loop and its connections behind per request)."""
+
+    __slots__ = ("__weakref__",)
 
 
 def thread_loop() -> asyncio.AbstractEventLoop:
@@ -33,7 +49,30 @@ def thread_loop() -> asyncio.AbstractEventLoop:
     if loop is None or loop.is_closed():
         loop = asyncio.new_event_loop()
         _local.loop = loop
+        if threading.current_thread() is not threading.main_thread():
+            _local.owner = owner = _LoopOwner()
+            weakref.finalize(owner, _thread_ended, loop).atexit = False
     return loop
+
+
+def on_thread_end(hook: Callable[[asyncio.AbstractEventLoop], None]) -> None:
+    """Have the bound method ``hook`` called with a thread's private loop once that thread
+    has ended (kept weakly: an app that is gone is not called)."""
+    _thread_end_hooks.append(weakref.WeakMethod(hook))
+
+
+def _thread_ended(loop: asyncio.AbstractEventLoop) -> None:
+    for ref in list(_thread_end_hooks):
+        hook = ref()
+        if hook is None:
+            _thread_end_hooks.remove(ref)
+            continue
+        try:
+            hook(loop)
+        except Exception as exc:  # a thread's end must not raise
+            log.debug("closing an ended thread's connections: %s", exc)
+    if not loop.is_running():
+        loop.close()
 
 
 def _portal() -> asyncio.AbstractEventLoop:
@@ -56,6 +95,17 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     except RuntimeError:
         return thread_loop().run_until_complete(coro)
     return asyncio.run_coroutine_threadsafe(coro, _portal()).result()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: the parent's loops (and the connections the app made on them) are
+    not this process's to use; the next call makes new ones."""
+    global _local, _portal_loop
+    _local = threading.local()
+    _portal_loop = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 @atexit.register

@@ -198,6 +198,72 @@ def test_sync_calls_publish_in_order_on_a_blocking_connection(
     assert [e["headers"]["id"] for e in entries] == sent  # the consuming end first
 
 
+@pytest.mark.timeout(120)
+def test_a_forked_child_publishes_on_connections_of_its_own(
+    redis_url: str, producer: Callable[..., Celeriac],
+) -> None:
+    """A process that published, then forked (a web server preloading the app): parent and
+    child publish at the same time, each on its own connection; every message lands once."""
+    import os
+
+    app = producer(redis_url)
+    app.send_task("capapp.add", (0, 0))  # the parent's connections are open
+    r = redis.Redis.from_url(redis_url)
+    connections = int(r.info("stats")["total_connections_received"])
+    n = 500
+    pid = os.fork()
+    if pid == 0:  # the child: its exit code says how it went
+        code = 1
+        try:
+            for i in range(n):
+                app.send_task("capapp.add", (i, 1))
+            code = 0
+        finally:
+            os._exit(code)
+    for i in range(n):
+        app.send_task("capapp.add", (i, 2))
+    _, status = os.waitpid(pid, 0)
+    try:
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert r.llen("celery") == 2 * n + 1
+        # the child connected anew (not on the parent's socket, whose replies it would steal)
+        assert int(r.info("stats")["total_connections_received"]) > connections
+    finally:
+        r.close()
+
+
+@pytest.mark.timeout(120)
+def test_threads_that_end_leave_no_connections_behind(redis_url: str) -> None:
+    """A thread-per-request server: each thread publishes and reads a state on connections of
+    its own loop; once the thread has ended they are closed, not left open per request."""
+    import threading
+
+    app = Celeriac("threads", broker=redis_url, backend=redis_url)
+    r = redis.Redis.from_url(redis_url)
+    before = len(r.client_list())
+    failures: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            result = app.send_task("capapp.add", (1, 1))
+            assert result.state == "PENDING"
+        except BaseException as exc:
+            failures.append(exc)
+
+    try:
+        for _ in range(20):
+            thread = threading.Thread(target=request)
+            thread.start()
+            thread.join()
+        assert not failures
+        assert r.llen("celery") == 20
+        wait_for(lambda: len(r.client_list()) <= before, 10, "the ended threads' connections "
+                 "to close")
+    finally:
+        app.close()
+        r.close()
+
+
 # -- Redis going away -------------------------------------------------------------------------
 
 
@@ -268,6 +334,68 @@ async def test_a_redis_that_stops_answering_fails_the_wait_after_socket_timeout(
     finally:
         os.kill(pid, signal.SIGCONT)
         await broker.close()
+
+
+@pytest.mark.timeout(60)
+async def test_replies_that_came_while_the_loop_was_held_are_read_not_timed_out(
+    redis_url: str,
+) -> None:
+    """A solo task holds the event loop longer than ``socket_timeout`` while a publish and a
+    take are on the wire: their replies came meanwhile, so nothing is dropped or sent again
+    (a re-sent LPUSH would queue the message twice, a re-sent take strand what the first
+    took until its lease)."""
+    broker = RedisBroker(redis_url, socket_timeout=0.3, lease_seconds=60)
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    env = Envelope(b"[]", properties={"priority": 0})
+    try:
+        sending = asyncio.ensure_future(broker.publish([Outgoing("held", env)]))
+        await asyncio.sleep(0)  # the LPUSH is written
+        time.sleep(0.8)  # the loop is held
+        await sending
+        assert r.llen("held") == 1
+        await broker.publish([Outgoing("held", env)] * 2)
+        fetching = asyncio.ensure_future(broker.fetch(["held"], 4, 1.0))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the take is written
+        time.sleep(0.8)
+        got = await fetching
+        assert len(got) == 3
+        assert r.hlen(broker.keys.inflight) == 3 and r.llen("held") == 0
+        await broker.ack(got)
+    finally:
+        await broker.close()
+        r.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_fetch_cancelled_while_its_take_is_on_the_wire_gives_the_messages_back(
+    redis_url: str,
+) -> None:
+    """A worker stopping cancels its consumer, perhaps while a take is on the wire: Redis
+    applies it, and the reply that nobody awaits any more puts the messages back at the head
+    of their list, in order, at once (not after their lease)."""
+    broker = RedisBroker(redis_url, lease_seconds=600)
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        await broker.fetch(["back"], 1, 0)  # queue declarations out of the way
+        await broker.publish([Outgoing("back", Envelope(f"[{i}]".encode(),
+                                                        properties={"priority": 0}))
+                              for i in range(3)])
+        fetching = asyncio.ensure_future(broker.fetch(["back"], 2, 1.0))
+        await asyncio.sleep(0)  # the take is written
+        fetching.cancel()
+        await asyncio.gather(fetching, return_exceptions=True)
+        assert fetching.cancelled()
+        await broker.queue_size("back")  # a round trip: the give-back went before it
+        assert r.hlen(broker.keys.inflight) == 0
+        got = await broker.fetch(["back"], 3, 1.0)
+        assert [d.envelope.body for d in got] == [b"[0]", b"[1]", b"[2]"]
+        await broker.ack(got)
+    finally:
+        await broker.close()
+        r.close()
 
 
 # -- ETA / countdown --------------------------------------------------------------------------
