@@ -103,6 +103,9 @@ class Worker:
         self._refill_at = self.prefetch if pool.blocks_loop else max(1, self.prefetch // 2)
         self._room_waiter: asyncio.Future[None] | None = None  # the consumer's, for room
         self._released_early: set[int] = set()  # acked early: their slot is already free
+        #: acked early (or being acked), their task not yet handed to the pool: if processing
+        #: stops there, they are published again (the broker no longer holds them)
+        self._unstarted: dict[int, Delivery] = {}
         # Fetched messages wait in ``_ready`` (None: a runner's signal to end); runners with
         # nothing to do wait on a future each in ``_idle``. (A deque and plain futures: the
         # hand-off costs less than an asyncio.Queue's, once per message.)
@@ -123,7 +126,7 @@ class Worker:
         self.lease = float(getattr(self.broker, "lease_seconds", 30.0))
         self.acks: Batcher[Delivery] = Batcher(self._write_acks, "acks")
         self.results: Batcher[tuple[Meta | None, Delivery | None]] = Batcher(
-            self._write_results, "results"
+            self._write_results, "results", on_drop=self._outcomes_dropped
         )
         await self.pool.start()
         loop = asyncio.get_running_loop()
@@ -228,17 +231,37 @@ class Worker:
     async def _give_back_interrupted(self) -> None:
         """Messages still held once the writes are flushed belong to tasks that did not
         finish (cold shutdown, grace period over): under acks_late they go back now rather
-        than after their lease."""
+        than after their lease. Those acked early whose task did not start (a runner
+        cancelled between its ack and its task) are published again."""
+        held = self._held
+        acked = [d for key, d in self._unstarted.items() if key not in held]
+        self._unstarted.clear()
         interrupted = self._held_now()
+        held.clear()
+        if acked:
+            await self._republish(acked)
         if not interrupted:
             return
-        self._held.clear()
         try:
             await self.broker.requeue(interrupted)
             log.warning("gave back %d message(s) of interrupted task(s)", len(interrupted))
         except BrokerError as exc:
             log.error("could not give back %d message(s) (they return after their lease): %s",
                       len(interrupted), exc)
+
+    async def _republish(self, deliveries: list[Delivery]) -> None:
+        """Publish again messages acked early whose task did not run (a requeue would do
+        nothing: the broker no longer holds them)."""
+        try:
+            await self.broker.publish([
+                Outgoing(queue=d.queue, envelope=d.envelope, priority=d.priority)
+                for d in deliveries
+            ])
+            log.warning("published again %d message(s) acked early whose task did not start",
+                        len(deliveries))
+        except Exception as exc:
+            log.error("could not publish again %d message(s) acked early whose task did not "
+                      "start; they are lost: %s", len(deliveries), exc)
 
     # ---- consuming ----------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -337,14 +360,28 @@ class Worker:
                 return
             except Exception:
                 log.exception("internal error while processing a message; giving it back")
-                self._held.pop(id(delivery), None)
-                with contextlib.suppress(Exception):
-                    await self.broker.requeue([delivery])
+                await self._give_back(delivery)
             finally:
                 if released and id(delivery) in released:
                     released.discard(id(delivery))
                 else:
                     self._release()
+
+    async def _give_back(self, delivery: Delivery) -> None:
+        """After an internal error: a message still held goes back to its queue; one acked
+        early whose task has not started is published again; one whose task ran is not run
+        again (its ack was its owner's choice: at most once)."""
+        key = id(delivery)
+        unstarted = self._unstarted.pop(key, None)
+        if self._held.pop(key, None) is not None:
+            try:
+                await self.broker.requeue([delivery])
+            except Exception as exc:
+                log.error("could not give back a message (it returns after its lease): %s", exc)
+        elif unstarted is not None:
+            await self._republish([unstarted])
+        else:
+            log.warning("the message was acked and its task ran: not given back")
 
     async def _process(self, delivery: Delivery) -> None:
         try:
@@ -379,18 +416,30 @@ class Worker:
         ctx = self._context(msg, delivery)
         track = conf.task_track_started if task.track_started is None else task.track_started
         if track and not msg.ignore_result:
-            # written before the task starts: the solo pool holds the loop while it runs
-            await self.results.submit((make_meta(
-                msg.id, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}), None))
+            await self._write_started(msg)
+        if not acks_late:
+            self._unstarted.pop(id(delivery), None)
         outcome = await self.pool.execute(task, ctx)
         await self._settle(delivery, msg, task, outcome, acks_late)
+
+    async def _write_started(self, msg: TaskMessage) -> None:
+        """Written before the task starts (the solo pool holds the loop while it runs), on a
+        best-effort basis: a task whose STARTED state cannot be written runs all the same
+        (its outcome is written after it, and retried)."""
+        meta = make_meta(msg.id, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname})
+        try:
+            await self.results.submit((meta, None))
+        except Exception as exc:
+            log.warning("STARTED state of %s[%s] not written (%s); running it anyway",
+                        msg.task, msg.id, exc)
 
     async def _ack_early(self, delivery: Delivery, msg: TaskMessage) -> None:
         """Ack before the task runs (acks_late off); its slot in the prefetch window is then
         free, as a broker's prefetch count counts unacked messages."""
+        self._unstarted[id(delivery)] = delivery
         try:
             await self.acks.submit(delivery)
-        except BrokerError as exc:
+        except Exception as exc:
             # The ack may have landed before the connection broke (Redis killed between
             # applying it and replying): not running the task could lose it. Run it; if the
             # ack did not land, the message returns after its lease (at least once).
@@ -524,6 +573,17 @@ class Worker:
         await self.broker.ack(deliveries)
         for d in deliveries:
             self._held.pop(id(d), None)
+
+    def _outcomes_dropped(self, items: list[tuple[Meta | None, Delivery | None]]) -> None:
+        """Outcomes not written for ``results.retry_for``: the messages of those acked late
+        are let go (no longer held, their lease lapses), so the broker hands them out again
+        (at least once), rather than being kept alive unacked for as long as this runs."""
+        deliveries = [d for _, d in items if d is not None]
+        for d in deliveries:
+            self._held.pop(id(d), None)
+        if deliveries:
+            log.error("%d message(s) whose outcome was not written return after their lease",
+                      len(deliveries))
 
     async def _write_results(self, items: list[tuple[Meta | None, Delivery | None]]) -> None:
         metas = [meta for meta, _ in items if meta is not None]

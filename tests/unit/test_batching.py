@@ -112,3 +112,188 @@ async def test_a_lone_submit_is_written_alone_and_at_once() -> None:
         await batcher.submit(i)
         assert writes[-1] == [i]
     assert len(batcher) == 0
+
+
+async def test_a_lone_submit_makes_no_task() -> None:
+    tasks: list[int] = []
+
+    async def write(items: list[int]) -> None:
+        tasks.append(len(asyncio.all_tasks()))
+
+    batcher: Batcher[int] = Batcher(write, "acks")
+    before = len(asyncio.all_tasks())
+    await batcher.submit(1)
+    assert tasks == [before]
+
+
+async def test_added_items_survive_a_failed_write_that_a_submit_went_with() -> None:
+    """An added result and a submitted one go out together; that write fails: the submitter
+    sees the error, and the added item is retried rather than dropped."""
+    writes: list[list[str]] = []
+
+    async def write(items: list[str]) -> None:
+        writes.append(list(items))
+        if len(writes) == 1:
+            raise ConnectionError("backend blip")
+
+    batcher: Batcher[str] = Batcher(write, "results", retry_for=5.0)
+
+    async def runner() -> None:  # as the worker's: a result added, the next task's STARTED
+        batcher.add("SUCCESS-1")
+        await batcher.submit("STARTED-2")
+
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(runner(), 5)
+    await asyncio.wait_for(batcher.flush(), 5)
+    assert writes == [["SUCCESS-1", "STARTED-2"], ["SUCCESS-1"]]
+
+
+async def test_dropped_items_are_handed_to_on_drop() -> None:
+    dropped: list[list[int]] = []
+
+    async def broken(items: list[int]) -> None:
+        raise ConnectionError("gone")
+
+    batcher: Batcher[int] = Batcher(broken, "results", retry_for=0.2, on_drop=dropped.append)
+    batcher.add(1)
+    batcher.add(2)
+    await asyncio.wait_for(batcher.flush(), 5)
+    assert dropped == [[1, 2]] and len(batcher) == 0
+
+
+async def test_a_submitter_is_not_failed_by_the_write_of_others() -> None:
+    gate = asyncio.Event()
+    writes: list[list[int]] = []
+
+    async def write(items: list[int]) -> None:
+        writes.append(list(items))
+        if len(writes) == 1:
+            await gate.wait()
+        elif len(writes) == 2:
+            raise ConnectionError("lost")
+
+    batcher: Batcher[int] = Batcher(write, "acks")
+    first = asyncio.create_task(batcher.submit(0))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.wait_for(first, 5)  # its own write went through: no error for it
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(second, 5)
+    assert writes == [[0], [1]]
+
+
+async def test_one_write_at_a_time() -> None:
+    """A result added, then a STARTED submitted (one runner), while another runner submits:
+    the writes never overlap (an overlap lets a retried STARTED land after a SUCCESS)."""
+    writes: list[list[str]] = []
+    in_flight = peak = 0
+
+    async def write(items: list[str]) -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        writes.append(list(items))
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+
+    batcher: Batcher[str] = Batcher(write, "results")
+
+    async def runner() -> None:
+        batcher.add("SUCCESS-1")
+        await batcher.submit("STARTED-2")
+
+    first = asyncio.create_task(runner())
+    await asyncio.sleep(0.005)
+    await asyncio.wait_for(batcher.submit("STARTED-3"), 5)
+    batcher.add("SUCCESS-4")
+    await asyncio.wait_for(first, 5)
+    await asyncio.wait_for(batcher.flush(), 5)
+    assert peak == 1
+    written = sorted(item for write in writes for item in write)
+    assert written == ["STARTED-2", "STARTED-3", "SUCCESS-1", "SUCCESS-4"]
+
+
+async def test_submitters_waiting_on_a_cancelled_submitter_still_get_written() -> None:
+    writes: list[list[str]] = []
+
+    async def slow(items: list[str]) -> None:
+        writes.append(list(items))
+        await asyncio.sleep(0.05)
+
+    batcher: Batcher[str] = Batcher(slow, "acks")
+    first = asyncio.create_task(batcher.submit("a"))
+    await asyncio.sleep(0.01)
+    other = asyncio.create_task(batcher.submit("b"))
+    await asyncio.sleep(0.06)  # "a" written; "b" being written
+    first.cancel()
+    await asyncio.wait_for(other, 5)
+    assert writes == [["a"], ["b"]]
+
+
+async def test_a_writer_cancelled_mid_write_fails_its_submitters_and_keeps_added_items() -> None:
+    gate = asyncio.Event()
+    writes: list[list[str]] = []
+
+    async def write(items: list[str]) -> None:
+        writes.append(list(items))
+        if len(writes) == 1:
+            await gate.wait()
+
+    batcher: Batcher[str] = Batcher(write, "results")
+
+    async def runner() -> None:
+        batcher.add("added")
+        await batcher.submit("submitted")
+
+    submitter = asyncio.create_task(runner())
+    await asyncio.sleep(0.01)
+    assert writes == [["added", "submitted"]]
+    writer = batcher._scheduled  # the background writer, cancelled as a closing loop does
+    assert writer is not None
+    writer.cancel()
+    with pytest.raises(Exception, match="cancelled"):
+        await asyncio.wait_for(submitter, 5)  # told, not left waiting
+    assert len(batcher) == 1
+    await asyncio.wait_for(batcher.flush(), 5)  # the added item goes with a later writer
+    assert writes[-1] == ["added"]
+
+
+async def test_a_timeout_around_flush_does_not_cut_the_write() -> None:
+    gate = asyncio.Event()
+    written: list[int] = []
+
+    async def write(items: list[int]) -> None:
+        await gate.wait()
+        written.extend(items)
+
+    batcher: Batcher[int] = Batcher(write, "results")
+    batcher.add(1)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await batcher.flush()
+    gate.set()
+    await asyncio.wait_for(batcher.flush(), 5)
+    assert written == [1]
+
+
+async def test_a_cancelled_submitter_still_waiting_withdraws_its_item() -> None:
+    gate = asyncio.Event()
+    writes: list[list[str]] = []
+
+    async def write(items: list[str]) -> None:
+        writes.append(list(items))
+        await gate.wait()
+
+    batcher: Batcher[str] = Batcher(write, "acks")
+    first = asyncio.create_task(batcher.submit("a"))
+    await asyncio.sleep(0)
+    late = asyncio.create_task(batcher.submit("b"))
+    kept = asyncio.create_task(batcher.submit("c"))
+    await asyncio.sleep(0.01)
+    late.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(first, kept), 5)
+    assert writes == [["a"], ["c"]]
