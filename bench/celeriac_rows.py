@@ -40,7 +40,18 @@ from pathlib import Path
 from typing import Any
 
 from bench import tasks
-from bench.common import FIRST_MARK, LAST_MARK, ROOT, Params, Proc, Samples, percentile, read_mark, wait_until
+from bench.common import (
+    FIRST_MARK,
+    LAST_MARK,
+    MARK_POLL,
+    ROOT,
+    Params,
+    Proc,
+    Samples,
+    percentile,
+    read_mark,
+    wait_until,
+)
 from celeriac.errors import TimeoutError as ResultTimeout
 from celeriac.pools.solo import SoloPool
 from celeriac.result import AsyncResult
@@ -146,7 +157,7 @@ def drain_process(broker: str, backend: str, n: int, batch: int, results: bool,
             end = time.time()
         else:
             end = wait_until(lambda: read_mark(marks, LAST_MARK), timeout,
-                             "the last task", proc=proc)
+                             "the last task", proc=proc, interval=MARK_POLL)
         first = read_mark(marks, FIRST_MARK)
         if first is None:
             raise RuntimeError("the first task left no mark")

@@ -79,6 +79,12 @@ def write_mark(directory: str, name: str) -> None:
     os.replace(tmp, os.path.join(directory, name))
 
 
+#: How often the bench looks for the last task's mark: the mark holds the time the task ran,
+#: so looking more often makes the figure no sharper, and on 2 cores a bench process waking
+#: every few ms takes CPU from the worker it times.
+MARK_POLL = 0.05
+
+
 def read_mark(directory: Path, name: str) -> float | None:
     try:
         return float((directory / name).read_text())

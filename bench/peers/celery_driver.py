@@ -34,6 +34,7 @@ from typing import Any
 from bench.common import (
     FIRST_MARK,
     LAST_MARK,
+    MARK_POLL,
     ROOT,
     Proc,
     Samples,
@@ -133,7 +134,7 @@ def drain(mod: Peer, env: dict[str, str], d: Path, n: int, batch: int, results: 
             end = time.time()
         else:
             end = wait_until(lambda: read_mark(marks, LAST_MARK), timeout, "the last task",
-                             proc=proc)
+                             proc=proc, interval=MARK_POLL)
         first_at = read_mark(marks, FIRST_MARK)
         if first_at is None:
             raise RuntimeError("the first task left no mark")
