@@ -61,7 +61,8 @@ class LoopResources:
 
     broker: Broker
     backend: ResultBackend | None
-    connected: bool = False
+    connected: bool = False  # the broker
+    backend_connected: bool = False
     #: the broker, if it can publish from sync code without a loop turn
     blocking: BlockingPublisher | None = None
 
@@ -243,8 +244,9 @@ class Celeriac:
             adopt_app(self)
         return LoopResources(broker, backend)
 
-    async def resources(self) -> LoopResources:
-        """The running loop's broker and backend, connected on first use."""
+    async def resources(self, *, broker: bool = True, backend: bool = True) -> LoopResources:
+        """The running loop's broker and backend, each connected on first use (only those
+        asked for: sending needs no result backend up, reading a result no broker)."""
         loop = asyncio.get_running_loop()
         res = self._resources.get(loop)
         if res is None:
@@ -253,35 +255,39 @@ class Celeriac:
                 if res is None:
                     res = self._new_resources()
                     self._resources[loop] = res
-        if not res.connected:
+        # rpc://: the reply queue must exist before a task goes out, or its result is lost
+        backend = backend or getattr(res.backend, "needed_to_send", False)
+        if broker and not res.connected:
             await res.broker.connect()
-            if res.backend is not None:
-                await res.backend.connect()
             res.connected = True
+        if backend and not res.backend_connected and res.backend is not None:
+            await res.backend.connect()
+            res.backend_connected = True
         return res
 
     async def broker(self) -> Broker:
-        return (await self.resources()).broker
+        return (await self.resources(backend=False)).broker
 
     async def backend(self) -> ResultBackend | None:
-        return (await self.resources()).backend
+        return (await self.resources(broker=False)).backend
 
     async def aclose(self) -> None:
         """Close this loop's connections."""
         res = self._resources.pop(asyncio.get_running_loop(), None)
-        if res is not None and res.connected:
+        if res is not None:
             await self._close_resources(res)
 
     @staticmethod
     async def _close_resources(res: LoopResources) -> None:
-        await res.broker.close()
-        if res.backend is not None:
+        if res.connected:
+            await res.broker.close()
+        if res.backend_connected and res.backend is not None:
             await res.backend.close()
 
     def _close_thread_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """A thread that ended had connections on its private loop: close them."""
         res = self._resources.pop(loop, None)
-        if res is not None and res.connected and not loop.is_closed() and not loop.is_running():
+        if res is not None and not loop.is_closed() and not loop.is_running():
             loop.run_until_complete(asyncio.wait_for(self._close_resources(res), 10))
 
     def close(self) -> None:
@@ -469,7 +475,7 @@ class Celeriac:
         attempts = 1
         while True:
             try:
-                broker = (await self.resources()).broker
+                broker = await self.broker()
                 await broker.publish(messages)
                 return
             except BrokerConnectionError as exc:
@@ -517,7 +523,7 @@ class Celeriac:
         if res is None or not res.connected:
             if loop.is_running():
                 return None  # not connected here yet, and this loop cannot be run from here
-            res = run_sync(self.resources())
+            res = run_sync(self.resources(backend=False))
         return res.blocking
 
     def send_task(
@@ -610,7 +616,7 @@ class Celeriac:
         return Signature(name, args, kwargs, options, app=self)
 
     async def apurge(self, queues: Sequence[str] | None = None) -> int:
-        broker = (await self.resources()).broker
+        broker = await self.broker()
         return await broker.purge(list(queues or [self.conf.task_default_queue]))
 
     def purge(self, queues: Sequence[str] | None = None) -> int:

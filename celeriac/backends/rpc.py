@@ -101,6 +101,9 @@ class RPCBackend:
     def __repr__(self) -> str:
         return f"<RPCBackend reply queue {self.oid}>"
 
+    #: connected with the broker, before anything is sent: the reply queue must exist then
+    needed_to_send = True
+
     def adopt_app(self, app: Any) -> None:
         """Reply to the app's oid, over the app's broker (as Celery's ``rpc://`` does)."""
         self.oid = str(app.oid)

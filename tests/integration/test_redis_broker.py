@@ -264,6 +264,22 @@ def test_threads_that_end_leave_no_connections_behind(redis_url: str) -> None:
         r.close()
 
 
+def test_sending_needs_no_result_backend_up(redis_url: str) -> None:
+    """A producer sends while its result backend is unreachable (as with Celery, the backend
+    is connected when a result is first asked for); asking then fails clearly."""
+    from celeriac.errors import BackendError
+    from tests.services import free_port
+
+    app = Celeriac("nobackend", broker=redis_url, backend=f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        result = app.send_task("capapp.add", (1, 1))
+        assert redis.Redis.from_url(redis_url).llen("celery") == 1
+        with pytest.raises(BackendError, match="cannot reach"):
+            result.get(timeout=1)
+    finally:
+        app.close()
+
+
 # -- Redis going away -------------------------------------------------------------------------
 
 

@@ -143,3 +143,30 @@ async def test_late_acked_message_returns_when_its_outcome_is_dropped(
         private_redis.start()
         assert await res.aget(timeout=30) == 7
         await wait_until(lambda: not worker._held, timeout=30)
+
+
+async def test_leases_are_renewed_while_the_backend_is_down(
+    redis_url: str, private_redis: Any,
+) -> None:
+    """The lease keeper connects (on its own loop) when a message is first held, here while
+    the result backend is down: it needs the broker only, so it keeps renewing, and the
+    message whose outcome waits for the backend is not handed out again meanwhile."""
+    app = make_app(redis_url, private_redis.url, task_acks_late=True)
+    ran: list[int] = []
+
+    @app.task
+    def job(i: int) -> int:
+        ran.append(i)
+        return i
+
+    worker = Worker(app, SoloPool(), shutdown_timeout=5)
+    async with running(worker, warm_up=False):
+        private_redis.crash()
+        res = await job.adelay(3)
+        await wait_until(lambda: ran == [3])
+        await asyncio.sleep(3.5)  # over three leases, the outcome and ack still unwritten
+        assert ran == [3]
+        private_redis.start()
+        assert await res.aget(timeout=30) == 3
+        await wait_until(lambda: not worker._held)
+    assert ran == [3]
