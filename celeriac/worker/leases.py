@@ -57,3 +57,5 @@ class LeaseKeeper:
             run_sync(renew())
         except BrokerError as exc:
             log.error("renewing %d lease(s) failed: %s", len(deliveries), exc)
+        except Exception:  # anything else must not end the keeper: it tries again next time
+            log.exception("renewing %d lease(s) failed", len(deliveries))
