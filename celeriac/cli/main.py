@@ -133,9 +133,9 @@ def worker(state: State, pool: str | None, concurrency: int | None, queues: str 
         app.conf.task_time_limit = time_limit
     if soft_time_limit is not None:
         app.conf.task_soft_time_limit = soft_time_limit
-    if concurrency is None:
+    if concurrency is None:  # Celery's default, the CPU count, solo included (its prefetch)
         concurrency = app.conf.worker_concurrency or (
-            1 if pool == "solo" else (100 if pool == "asyncio" else os.cpu_count() or 1)
+            100 if pool == "asyncio" else os.cpu_count() or 1
         )
     options: dict[str, Any] = {}
     if pool in ("prefork", "processes"):

@@ -22,7 +22,10 @@ class SoloPool:
     concurrency = 1
 
     def __init__(self, concurrency: int = 1) -> None:
+        """``concurrency`` runs nothing more at once: as in Celery, it only sizes the worker's
+        prefetch window (multiplier x concurrency)."""
         self.running = 0
+        self.prefetch_concurrency = max(1, concurrency)
 
     async def start(self) -> None:
         """Nothing to start: tasks run on the caller's loop."""

@@ -84,7 +84,11 @@ class Worker:
         self.queues = list(queues or [conf.task_default_queue])
         multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None \
             else prefetch_multiplier
-        self.prefetch = max(1, int(multiplier or 1) * pool.concurrency)
+        # As Celery: multiplier x the worker's concurrency; for a solo pool that is the
+        # concurrency it was given (the CLI's default: the CPU count), though it runs one task
+        # at a time
+        slots = getattr(pool, "prefetch_concurrency", pool.concurrency)
+        self.prefetch = max(1, int(multiplier or 1) * slots)
         self.hostname = expand_hostname(hostname)
         self.shutdown_timeout = float(
             shutdown_timeout if shutdown_timeout is not None
@@ -98,9 +102,9 @@ class Worker:
         self._cold = False
         self._held: dict[int, Delivery] = {}  # fetched, not yet acked or given back
         self._reserved = 0  # in the prefetch window: fetched, not yet acked (see _consume)
-        #: the window has room for a fetch once this many slots are free (a batch at a time;
-        #: a whole window for a pool that holds the loop: see _consume)
-        self._refill_at = self.prefetch if pool.blocks_loop else max(1, self.prefetch // 2)
+        #: the window has room for a fetch once this many slots are free (a batch at a time,
+        #: sent while the other half is still to run: see _consume)
+        self._refill_at = max(1, self.prefetch // 2)
         self._room_waiter: asyncio.Future[None] | None = None  # the consumer's, for room
         self._released_early: set[int] = set()  # acked early: their slot is already free
         #: acked early (or being acked), their task not yet handed to the pool: if processing
@@ -270,10 +274,10 @@ class Worker:
         The window counts the messages held and not yet acked, as a broker's prefetch count
         does: an early-acked message (acks_late off) leaves it when its task starts, a late
         one when its outcome is written. A fetch goes out once ``_refill_at`` slots are free,
-        or as soon as any is once nothing is left queued. Most pools let this coroutine run
-        while their tasks do; a pool that holds the loop (solo) waits for a whole window
-        and sends the fetch as its last queued task starts (``_ack_early``), so the next
-        batch is on its way while that task runs.
+        or as soon as any is once nothing is left queued, so the next batch is on its way
+        while the rest of the window runs. Most pools let this coroutine run while their
+        tasks do; with a pool that holds the loop (solo), the task whose ack frees the slots
+        gives it a turn to send the fetch before it runs (``_ack_early``).
         """
         backoff = 0.1
         ready = self._ready
