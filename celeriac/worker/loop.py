@@ -505,8 +505,8 @@ class Worker:
         elif status == states.REJECTED and outcome.reject is not None:
             await self._rejected(delivery, msg, outcome, acks_late)
             return
-        if follow:
-            await self.broker.publish(follow)
+        if follow:  # retried per task_publish_retry_policy, as the caller's sends are
+            await self.app.publish(follow)
         if len(self.results) > self.prefetch * 4:
             await self.results.flush()
         if meta is not None or acks_late:
