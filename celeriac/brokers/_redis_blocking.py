@@ -32,9 +32,12 @@ class BlockingClient:
     def run(self, ops: Sequence[tuple[Any, ...]]) -> list[Any]:
         """The replies of ``ops``, sent together; the first error reply raises once every
         reply is read (the connection stays in step)."""
+        if self._pid != os.getpid():
+            # forked: the socket is the parent's (leave it be), and the lock may have been
+            # held by a parent thread that does not exist here
+            self._lock = threading.Lock()
+            self._conn, self._pid = None, os.getpid()
         with self._lock:
-            if self._pid != os.getpid():  # forked: the socket is the parent's, leave it be
-                self._conn, self._pid = None, os.getpid()
             conn = self._conn
             if conn is None:
                 conn = self._conn = self._pool.get_connection()

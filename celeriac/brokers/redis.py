@@ -561,6 +561,8 @@ class _Pipeline:
                 except BaseException:
                     if fut.done() and not fut.cancelled():
                         fut.exception()  # settled by the same failure: retrieved here
+                    else:
+                        fut.cancel()  # cancelled while the bytes were going out: see _settle
                     raise
                 return await fut
             except (RedisConnectionError, RedisTimeoutError, OSError):

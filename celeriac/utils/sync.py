@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -51,7 +52,7 @@ def thread_loop() -> asyncio.AbstractEventLoop:
         _local.loop = loop
         if threading.current_thread() is not threading.main_thread():
             _local.owner = owner = _LoopOwner()
-            weakref.finalize(owner, _thread_ended, loop).atexit = False
+            weakref.finalize(owner, _thread_ended, loop, os.getpid()).atexit = False
     return loop
 
 
@@ -61,11 +62,16 @@ def on_thread_end(hook: Callable[[asyncio.AbstractEventLoop], None]) -> None:
     _thread_end_hooks.append(weakref.WeakMethod(hook))
 
 
-def _thread_ended(loop: asyncio.AbstractEventLoop) -> None:
+def _thread_ended(loop: asyncio.AbstractEventLoop, pid: int) -> None:
+    if os.getpid() != pid:
+        # a forked child dropping the parent's threads: their sockets (and the epoll set)
+        # are the parent's, still in use there; closing them here would unregister them
+        return
     for ref in list(_thread_end_hooks):
         hook = ref()
         if hook is None:
-            _thread_end_hooks.remove(ref)
+            with contextlib.suppress(ValueError):  # another thread ending removed it
+                _thread_end_hooks.remove(ref)
             continue
         try:
             hook(loop)

@@ -49,6 +49,8 @@ log = logging.getLogger("celeriac.worker")
 
 #: An ETA this close is run at once rather than sent back to wait in the broker.
 ETA_SLACK = 0.05
+#: task ids remembered as published again after an internal error (one retry each)
+REPUBLISHED_KEPT = 10_000
 
 
 class ColdShutdown(BaseException):
@@ -110,6 +112,8 @@ class Worker:
         #: acked early (or being acked), their task not yet handed to the pool: if processing
         #: stops there, they are published again (the broker no longer holds them)
         self._unstarted: dict[int, Delivery] = {}
+        #: ids of tasks published again after an internal error (see _give_back), oldest first
+        self._republished: dict[str, None] = {}
         # Fetched messages wait in ``_ready`` (None: a runner's signal to end); runners with
         # nothing to do wait on a future each in ``_idle``. (A deque and plain futures: the
         # hand-off costs less than an asyncio.Queue's, once per message.)
@@ -383,6 +387,14 @@ class Worker:
             except Exception as exc:
                 log.error("could not give back a message (it returns after its lease): %s", exc)
         elif unstarted is not None:
+            task_id = str(delivery.envelope.headers.get("id"))
+            if task_id in self._republished:  # failed the same way before: not in a loop
+                log.error("task %s failed to start again after being published again: "
+                          "dropped", task_id)
+                return
+            self._republished[task_id] = None
+            if len(self._republished) > REPUBLISHED_KEPT:
+                del self._republished[next(iter(self._republished))]
             await self._republish([unstarted])
         else:
             log.warning("the message was acked and its task ran: not given back")
@@ -506,7 +518,14 @@ class Worker:
             await self._rejected(delivery, msg, outcome, acks_late)
             return
         if follow:  # retried per task_publish_retry_policy, as the caller's sends are
-            await self.app.publish(follow)
+            try:
+                await self.app.publish(follow)
+            except Exception:
+                # acked late, the message goes back and all of this happens again; acked
+                # early, the task has run all the same: its outcome is kept
+                if meta is not None and not acks_late:
+                    self.results.add((meta, None))
+                raise
         if len(self.results) > self.prefetch * 4:
             await self.results.flush()
         if meta is not None or acks_late:

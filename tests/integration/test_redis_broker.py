@@ -233,6 +233,46 @@ def test_a_forked_child_publishes_on_connections_of_its_own(
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.timeout(60)
+def test_a_fork_leaves_the_parents_thread_connections_working(redis_url: str) -> None:
+    """A prefork worker forks a new child while its lease keeper's thread has a connection
+    open: the child drops the parent's threads, and must not close their sockets (closing
+    them would take them out of the epoll set the child shares with the parent, and the
+    parent's next command on that thread would wait forever)."""
+    import os
+    import threading
+
+    from celeriac.utils.sync import run_sync
+
+    app = Celeriac("forkthreads", broker=redis_url, backend=redis_url)
+    forked, replies = threading.Event(), []
+
+    def keeper() -> None:
+        async def size() -> int:
+            broker = await app.broker()
+            return await asyncio.wait_for(broker.queue_size("celery"), 5)
+
+        replies.append(run_sync(size()))
+        forked.wait(30)
+        replies.append(run_sync(size()))
+
+    thread = threading.Thread(target=keeper)
+    thread.start()
+    try:
+        wait_for(lambda: bool(replies), 10, "the thread's first command")
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        forked.set()
+        thread.join(30)
+        assert replies == [0, 0]
+    finally:
+        forked.set()
+        thread.join(30)
+        app.close()
+
+
 def test_threads_that_end_leave_no_connections_behind(redis_url: str) -> None:
     """A thread-per-request server: each thread publishes and reads a state on connections of
     its own loop; once the thread has ended they are closed, not left open per request."""
