@@ -83,3 +83,16 @@ class BlockingPublisher(Protocol):
     """
 
     def publish_blocking(self, messages: Sequence[Outgoing]) -> bool: ...
+
+
+@runtime_checkable
+class Defers(Protocol):
+    """Optional: a broker that can send a held message back to wait until ``not_before``
+    and ack it in one atomic step.
+
+    The worker uses it for a message that is not due yet (an ETA from a Celery producer).
+    Without it the worker publishes the delayed copy, then acks: a connection lost between
+    the two leaves the message both waiting and back in its queue, to run twice.
+    """
+
+    async def defer(self, delivery: Delivery, not_before: float) -> None: ...

@@ -1035,6 +1035,19 @@ class RedisBroker:
             blocking.run(ops)
         return True
 
+    async def defer(self, delivery: Delivery, not_before: float) -> None:
+        """The delayed copy and the ack in one MULTI/EXEC (see ``base.Defers``). Sent again
+        after a lost connection it changes nothing: the same member, the same ack."""
+        ops = self._publish_ops([Outgoing(delivery.queue, delivery.envelope, delivery.priority,
+                                          not_before=not_before)])
+        keys = self._by_tag()  # EVAL, not EVALSHA: no NOSCRIPT inside the transaction
+        ack = ("EVAL", SCRIPTS["ack"], len(keys), *keys, delivery.tag)
+        with self._errors("defer", ops):
+            replies = await self._execute([("MULTI",), *ops, ack, ("EXEC",)])
+        failed = next((r for r in replies[-1] or () if isinstance(r, ResponseError)), None)
+        if failed is not None or replies[-1] is None:
+            raise BrokerError(f"{self!r}: deferring a message failed: {failed}")
+
     async def _execute(self, ops: list[tuple[Any, ...]]) -> list[Any]:
         """Run ``ops`` in one round trip."""
         return await self._pipeline().calls(ops)

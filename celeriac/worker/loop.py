@@ -26,6 +26,7 @@ from typing import Any
 from celeriac import states
 from celeriac.app import Celeriac
 from celeriac.backends.base import Meta, RepliesTo
+from celeriac.brokers.base import Defers
 from celeriac.context import Context
 from celeriac.errors import (
     BrokerError,
@@ -585,6 +586,10 @@ class Worker:
 
     async def _hold_in_broker(self, delivery: Delivery, eta: float) -> None:
         """A message that is not due yet goes back to wait in the broker, not in memory."""
+        if isinstance(self.broker, Defers):  # the copy and the ack in one step
+            await self.broker.defer(delivery, eta)
+            self._held.pop(id(delivery), None)
+            return
         await self.broker.publish([Outgoing(
             queue=delivery.queue, envelope=delivery.envelope, priority=delivery.priority,
             not_before=eta,

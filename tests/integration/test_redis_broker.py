@@ -457,6 +457,31 @@ async def test_a_fetch_cancelled_while_its_take_is_on_the_wire_gives_the_message
 # -- ETA / countdown --------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(60)
+async def test_deferring_a_held_message_moves_it_to_the_delayed_set_and_acks_it_at_once(
+    redis_url: str,
+) -> None:
+    """A message not due yet goes back to wait in Redis and leaves the in-flight records in
+    one transaction; it comes out once, when due."""
+    broker = RedisBroker(redis_url, lease_seconds=60)
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        await broker.publish([Outgoing("later", Envelope(b"[1]", properties={"priority": 0}))])
+        [held] = await broker.fetch(["later"], 1, 1.0)
+        await broker.defer(held, time.time() + 0.5)
+        assert r.hlen(broker.keys.inflight) == 0 and r.zcard(broker.keys.leases) == 0
+        assert r.zcard(broker.keys.delayed("later")) == 1 and r.llen("later") == 0
+        assert await broker.fetch(["later"], 1, 0) == []
+        [due] = await broker.fetch(["later"], 1, 5.0)
+        assert due.envelope.body == b"[1]"
+        await broker.ack([due])
+        assert await broker.fetch(["later"], 1, 0.6) == []
+    finally:
+        await broker.close()
+        r.close()
+
+
 @pytest.mark.timeout(120)
 def test_delayed_messages_wait_in_redis_and_run_once(
     redis_url: str, db_url: str, tmp_path: Path, start_worker: Any,
