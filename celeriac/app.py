@@ -63,6 +63,7 @@ class LoopResources:
     backend: ResultBackend | None
     connected: bool = False  # the broker
     backend_connected: bool = False
+    connecting: asyncio.Lock | None = None  # held while connecting (see Celeriac._connect)
     #: the broker, if it can publish from sync code without a loop turn
     blocking: BlockingPublisher | None = None
 
@@ -257,13 +258,25 @@ class Celeriac:
                     self._resources[loop] = res
         # rpc://: the reply queue must exist before a task goes out, or its result is lost
         backend = backend or getattr(res.backend, "needed_to_send", False)
-        if broker and not res.connected:
-            await res.broker.connect()
-            res.connected = True
-        if backend and not res.backend_connected and res.backend is not None:
-            await res.backend.connect()
-            res.backend_connected = True
+        if (broker and not res.connected) or (
+            backend and not res.backend_connected and res.backend is not None
+        ):
+            await self._connect(res, broker, backend)
         return res
+
+    @staticmethod
+    async def _connect(res: LoopResources, broker: bool, backend: bool) -> None:
+        """Connect what is asked for, once: coroutines arriving together (an async web app's
+        first requests) wait for the first one's connect instead of each opening its own."""
+        if res.connecting is None:
+            res.connecting = asyncio.Lock()
+        async with res.connecting:
+            if broker and not res.connected:
+                await res.broker.connect()
+                res.connected = True
+            if backend and not res.backend_connected and res.backend is not None:
+                await res.backend.connect()
+                res.backend_connected = True
 
     async def broker(self) -> Broker:
         return (await self.resources(backend=False)).broker

@@ -221,3 +221,26 @@ async def test_memory_alarm_blocks_publishers_then_raises(rabbitmq_node: Any, am
         assert got[0] == b"before" and got[-1] == b"after"  # nothing dropped
     finally:
         await broker.close()
+
+
+async def test_coroutines_sending_together_first_open_one_connection(amqp_url: str) -> None:
+    """An async web app's first requests arrive together: they wait for one connect of the
+    loop's broker rather than each opening (and leaking) an AMQP connection of its own."""
+    from urllib.parse import urlsplit
+
+    import psutil
+
+    from celeriac import Celeriac
+
+    port = urlsplit(amqp_url).port
+    app = Celeriac("together", broker=amqp_url, backend="memory://together")
+    try:
+        await asyncio.gather(*(app.asend_task("t.add", (i, i), queue="together")
+                               for i in range(20)))
+        ours = [c for c in psutil.Process().net_connections(kind="tcp")
+                if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED]
+        assert len(ours) == 1
+        broker = await app.broker()
+        assert await broker.queue_size("together") == 20
+    finally:
+        await app.aclose()

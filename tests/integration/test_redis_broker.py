@@ -234,6 +234,23 @@ def test_a_forked_child_publishes_on_connections_of_its_own(
 
 @pytest.mark.timeout(120)
 @pytest.mark.timeout(60)
+async def test_coroutines_sending_together_first_share_one_connect(redis_url: str) -> None:
+    """An async web app's first requests arrive together: they wait for one connect of the
+    loop's broker rather than each opening (and leaking) connections of its own."""
+    app = Celeriac("together", broker=redis_url, backend=redis_url)
+    r = redis.Redis.from_url(redis_url)
+    connections = int(r.info("stats")["total_connections_received"])
+    try:
+        await asyncio.gather(*(app.asend_task("capapp.add", (i, i)) for i in range(20)))
+        assert r.llen("celery") == 20
+        opened = int(r.info("stats")["total_connections_received"]) - connections
+        assert opened <= 2, opened
+    finally:
+        await app.aclose()
+        r.close()
+
+
+@pytest.mark.timeout(60)
 def test_a_fork_leaves_the_parents_thread_connections_working(redis_url: str) -> None:
     """A prefork worker forks a new child while its lease keeper's thread has a connection
     open: the child drops the parent's threads, and must not close their sockets (closing
