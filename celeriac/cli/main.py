@@ -82,7 +82,9 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
 @click.option("-P", "--pool", default=None,
               type=click.Choice(["solo", "threads", "asyncio", "prefork", "gevent", "eventlet"]),
               help="Where tasks run [default: worker_pool, i.e. prefork].")
-@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks at once.")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1),
+              help="Tasks at once (solo: one; -c then sizes only the prefetch window, as in "
+                   "Celery). Default: the CPU count (asyncio: 100).")
 @click.option("-Q", "--queues", help="Comma-separated queues to consume.")
 @click.option("-n", "--hostname", help="Node name, e.g. worker1@%h.")
 @click.option("-l", "--loglevel", default="warning", show_default=True,
