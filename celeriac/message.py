@@ -63,6 +63,10 @@ class Delivery:
     def redelivered(self) -> bool:
         return self.deliveries > 1
 
+    def as_outgoing(self, not_before: float | None = None) -> Outgoing:
+        """This message, to be published again to its queue (not before ``not_before``)."""
+        return Outgoing(self.queue, self.envelope, self.priority, not_before=not_before)
+
 
 @dataclass(frozen=True, slots=True)
 class TaskMessage:

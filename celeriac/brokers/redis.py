@@ -536,7 +536,7 @@ class _Pipeline:
         """EVALSHA ``name`` (EVAL on NOSCRIPT); ``wait=False``: return once written.
         ``on_orphan``: see ``_Sent``."""
         if not wait:
-            await self._write(self._script_sent(name, keys, args, None))
+            await self._write(self._script_sent(name, keys, args))
             return None
         return (await self._ask([self._command(name, keys, args)], (name, keys, args),
                                 on_orphan))[0]
@@ -544,9 +544,9 @@ class _Pipeline:
     def _command(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
         return ("EVALSHA", self._shas[name], len(keys), *keys, *args)
 
-    def _script_sent(self, name: str, keys: Sequence[Any], args: Sequence[Any],
-                     future: asyncio.Future[Any] | None) -> _Sent:
-        return _Sent([self._command(name, keys, args)], future, (name, keys, args))
+    def _script_sent(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> _Sent:
+        """An EVALSHA nobody waits for (pipelined, as an ack)."""
+        return _Sent([self._command(name, keys, args)], None, (name, keys, args))
 
     async def _ask(self, commands: list[tuple[Any, ...]], script: ScriptCall | None,
                    on_orphan: Orphaned | None = None) -> list[Any]:
@@ -699,7 +699,7 @@ class _Pipeline:
         if fut is not None and fut.cancelled():
             undo = sent.on_orphan(sent.replies) if error is None and sent.on_orphan else None
             if undo is not None:  # its caller is gone (a fetch cancelled at shutdown)
-                self._put(writer, self._script_sent(*undo, None))
+                self._put(writer, self._script_sent(*undo))
         elif fut is None:
             if error is not None and sent.script is None:
                 log.debug("a pipelined command was refused by Redis: %s", error)
@@ -913,9 +913,10 @@ class RedisBroker:
         """One command, on the pipelined connection (see ``_Pipeline``)."""
         return await self._pipeline().call(*args)
 
-    async def _script(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """EVALSHA (EVAL on NOSCRIPT: a new or restarted Redis)."""
-        return await self._pipeline().script(name, keys, args)
+    async def _script(self, name: str, keys: Sequence[Any], args: Sequence[Any],
+                      on_orphan: Orphaned | None = None) -> Any:
+        """EVALSHA (EVAL on NOSCRIPT: a new or restarted Redis); ``on_orphan``: see ``_Sent``."""
+        return await self._pipeline().script(name, keys, args, on_orphan=on_orphan)
 
     @contextlib.contextmanager
     def _errors(self, doing: str, ops: Sequence[tuple[Any, ...]] = ()) -> Iterator[None]:
@@ -1038,8 +1039,7 @@ class RedisBroker:
     async def defer(self, delivery: Delivery, not_before: float) -> None:
         """The delayed copy and the ack in one MULTI/EXEC (see ``base.Defers``). Sent again
         after a lost connection it changes nothing: the same member, the same ack."""
-        ops = self._publish_ops([Outgoing(delivery.queue, delivery.envelope, delivery.priority,
-                                          not_before=not_before)])
+        ops = self._publish_ops([delivery.as_outgoing(not_before)])
         keys = self._by_tag()  # EVAL, not EVALSHA: no NOSCRIPT inside the transaction
         ack = ("EVAL", SCRIPTS["ack"], len(keys), *keys, delivery.tag)
         with self._errors("defer", ops):
@@ -1071,8 +1071,7 @@ class RedisBroker:
             *queues,
         ]
         with self._errors("fetch"):
-            reply = await self._pipeline().script("take", self._keys_for(queues), args,
-                                                  on_orphan=self._untake)
+            reply = await self._script("take", self._keys_for(queues), args, self._untake)
         if len(reply) == 1:
             ms = int(reply[0])
             return [], (-1.0 if ms < 0 else ms / 1000)
@@ -1153,7 +1152,7 @@ class RedisBroker:
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._redis()
-        _, raw = self._entry(Outgoing(delivery.queue, delivery.envelope, delivery.priority))
+        _, raw = self._entry(delivery.as_outgoing())
         wrapper = orjson.dumps({
             "reason": str(reason),
             "queue": delivery.queue,

@@ -262,10 +262,7 @@ class Worker:
         """Publish again messages acked early whose task did not run (a requeue would do
         nothing: the broker no longer holds them)."""
         try:
-            await self.broker.publish([
-                Outgoing(queue=d.queue, envelope=d.envelope, priority=d.priority)
-                for d in deliveries
-            ])
+            await self.broker.publish([d.as_outgoing() for d in deliveries])
             log.warning("published again %d message(s) acked early whose task did not start",
                         len(deliveries))
         except Exception as exc:
@@ -590,10 +587,7 @@ class Worker:
             await self.broker.defer(delivery, eta)
             self._held.pop(id(delivery), None)
             return
-        await self.broker.publish([Outgoing(
-            queue=delivery.queue, envelope=delivery.envelope, priority=delivery.priority,
-            not_before=eta,
-        )])
+        await self.broker.publish([delivery.as_outgoing(eta)])
         await self.acks.submit(delivery)
 
     # ---- writing ------------------------------------------------------------------------
