@@ -41,6 +41,7 @@ from celeriac.backends._common import check_expires, decode_meta, encode_meta, s
 from celeriac.backends.base import Meta
 from celeriac.config import redact_url
 from celeriac.errors import BackendError, ConfigurationError
+from celeriac.utils.redis_pipeline import Pipeline
 from celeriac.utils.redis_urls import (
     SENTINEL_OPTIONS,
     BlockingSentinelConnectionPool,
@@ -302,7 +303,7 @@ class RedisBackend:
         else:
             self._where = _check_url(self._url, self._pool_options)
         self._client: aioredis.Redis | None = None
-        self._script_sha: str | None = None
+        self._pipe: Pipeline | None = None  # stores and reads go on it
         self._listener: _Listener | None = None
 
     def __repr__(self) -> str:
@@ -335,16 +336,26 @@ class RedisBackend:
             self._client = aioredis.Redis(connection_pool=self._new_pool())
         return self._client
 
+    def _pipeline(self) -> Pipeline:
+        """The pipelined connection (``celeriac.utils.redis_pipeline``): it loads the store
+        script when it connects, and answers NOSCRIPT (a restarted Redis) with the script."""
+        if self._pipe is None:
+            self._pipe = Pipeline(self._redis().connection_pool, {"store": _STORE_SCRIPT},
+                                  closed_error="the result backend is closed")
+        return self._pipe
+
     async def connect(self) -> None:
         """Check that the server answers (and load the store script)."""
         with self._translated("connecting"):
-            await self._redis().ping()
-            await self._load_script()
+            await self._pipeline().call("PING")
 
     async def close(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.close()
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            await pipe.close()
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(redis_errors.RedisError, OSError):
@@ -387,47 +398,28 @@ class RedisBackend:
                 raise BackendError(f"cannot serialize {what} to msgpack: {exc}") from exc
         return encode_meta(value)
 
-    async def _load_script(self) -> str:
-        sha: str = await self._redis().script_load(_STORE_SCRIPT)
-        self._script_sha = sha
-        return sha
-
     async def store(self, metas: Sequence[Meta]) -> None:
         if not metas:
             return
-        calls: list[list[Any]] = []
+        calls: list[tuple[list[str], list[Any]]] = []
         for start in range(0, len(metas), STORE_CHUNK):
             chunk = metas[start : start + STORE_CHUNK]
             keys = [self.task_key(task_id_of(m)) for m in chunk]
             args: list[Any] = [*self._setex]
             for meta in chunk:
                 args += (status_of(meta), self._encode(meta, f"the result of {meta['task_id']}"))
-            calls.append([len(keys), *keys, *args])
+            calls.append((keys, args))
+        pipe = self._pipeline()
         with self._translated("store"):
-            sha = self._script_sha or await self._load_script()
             if len(calls) == 1:
-                try:
-                    await self._redis().evalsha(sha, *calls[0])
-                except redis_errors.NoScriptError:  # the server restarted or was flushed
-                    await self._redis().evalsha(await self._load_script(), *calls[0])
+                await pipe.script("store", *calls[0])
                 return
-            pending = calls
-            for _ in range(2):
-                async with self._redis().pipeline(transaction=False) as pipe:
-                    for call in pending:
-                        pipe.evalsha(sha, *call)
-                    results = await pipe.execute(raise_on_error=False)
-                failed = []
-                for call, result in zip(pending, results, strict=True):
-                    if isinstance(result, redis_errors.NoScriptError):
-                        failed.append(call)  # every later call failed alike: order is kept
-                    elif isinstance(result, Exception):
-                        raise result
-                if not failed:
-                    return
-                pending = failed
-                sha = await self._load_script()
-            raise BackendError(f"redis result backend at {self._where}: the store script will not load")
+            # each chunk its own EVALSHA, all on the wire at once (one round trip)
+            outcomes = await asyncio.gather(*(pipe.script("store", keys, args)
+                                              for keys, args in calls), return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
 
     async def forget(self, task_ids: Sequence[str]) -> None:
         if not task_ids:
@@ -443,7 +435,7 @@ class RedisBackend:
 
     async def get(self, task_id: str) -> Meta | None:
         with self._translated("get"):
-            blob = await self._redis().get(self.task_key(task_id))
+            blob = await self._pipeline().call("GET", self.task_key(task_id))
         return None if blob is None else _decode_meta(blob)
 
     async def get_many(self, task_ids: Sequence[str]) -> dict[str, Meta]:
@@ -456,13 +448,9 @@ class RedisBackend:
             return []
         keys = [self.task_key(t) for t in task_ids]
         with self._translated("get"):
-            if len(keys) <= MGET_CHUNK:
-                found: list[bytes | str | None] = await self._redis().mget(keys)
-                return found
-            async with self._redis().pipeline(transaction=False) as pipe:
-                for start in range(0, len(keys), MGET_CHUNK):
-                    pipe.mget(keys[start : start + MGET_CHUNK])
-                chunks = await pipe.execute()
+            chunks: list[list[bytes | None]] = await self._pipeline().calls(
+                [("MGET", *keys[start : start + MGET_CHUNK])
+                 for start in range(0, len(keys), MGET_CHUNK)])
         return [blob for chunk in chunks for blob in chunk]
 
     # -- waiting -------------------------------------------------------------------------

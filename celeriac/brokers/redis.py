@@ -66,7 +66,7 @@ steps 1, 2, 4, 5, 7 and 8).
   trimmed to ``dead_letter_limit``.
 
 **Pipelined acks.** Every non-blocking command goes on one connection per broker
-(``_Pipeline``): writers put their bytes on the socket without waiting for earlier replies,
+(``Pipeline``): writers put their bytes on the socket without waiting for earlier replies,
 and one reader task reads the replies in order. Redis runs a connection's commands in the
 order sent, so a ``queue_size``, ``requeue`` or ``fetch`` sent after an ``ack`` sees the ack
 applied. ``ack`` returns once its bytes are written to the socket, not once Redis replied
@@ -114,25 +114,19 @@ Not supported: Redis Cluster (the scripts touch keys they compute).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from hashlib import sha1
 from typing import Any
 
-import hiredis
 import orjson
 import redis.asyncio as aioredis
-from redis._parsers.base import BaseParser
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from celeriac.brokers import _redact
@@ -151,10 +145,10 @@ from celeriac.config import redact_url
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError, DecodeError
 from celeriac.message import Delivery, Envelope, Outgoing, build_delivery
 from celeriac.protocol import kombu_envelope
+from celeriac.utils.redis_pipeline import Orphaned, Pipeline, ScriptCall, script_shas
 from celeriac.utils.redis_urls import (
     SentinelAddress,
     close_pool,
-    drop_connection,
     is_sentinel_url,
     parse_sentinel_url,
     redis_py_url,
@@ -162,8 +156,6 @@ from celeriac.utils.redis_urls import (
 )
 
 __all__ = ["Keys", "RedisBroker", "connection_url"]
-
-pack_command = hiredis.pack_command
 
 #: kombu's separator, in priority list names and in binding members.
 KOMBU_SEP = "\x06\x16"
@@ -459,324 +451,6 @@ def _steps(value: Any) -> tuple[int, ...]:
     return steps
 
 
-# -- the pipelined connection ---------------------------------------------------------------
-
-
-#: a script and its arguments: (name, keys, args)
-ScriptCall = tuple[str, Sequence[Any], Sequence[Any]]
-#: given the replies of a command whose caller was cancelled before they came, the script
-#: that undoes what it did (a take's messages given back), or None
-Orphaned = Callable[[list[Any]], ScriptCall | None]
-
-
-class _Sent:
-    """Commands written to the pipelined connection whose replies are not all read yet."""
-
-    __slots__ = ("commands", "evaled", "future", "on_orphan", "replies", "script", "unconfirmed")
-
-    def __init__(self, commands: list[tuple[Any, ...]], future: asyncio.Future[Any] | None,
-                 script: ScriptCall | None = None, on_orphan: Orphaned | None = None) -> None:
-        self.commands = commands
-        self.future = future  # None: nobody waits (a pipelined ack)
-        self.replies: list[Any] = []
-        self.script = script  # (name, keys, args) of a lone EVALSHA, for NOSCRIPT
-        self.evaled = False  # sent again as EVAL after NOSCRIPT
-        self.unconfirmed = 0  # connections lost while it was on the wire
-        #: for a reply whose caller was cancelled meanwhile: the script that undoes it
-        self.on_orphan = on_orphan
-
-
-class _Pipeline:
-    """One connection that carries every non-blocking command of a broker, pipelined.
-
-    Writers put their bytes on the socket at once (no lock, no waiting for an earlier reply)
-    and, if they want the reply, await a future; one reader task reads the replies in order
-    while anything is outstanding and hands each to its writer. Redis runs one connection's
-    commands in the order sent, so whatever a caller sends after an ack sees the ack applied.
-
-    ``send`` returns once the bytes are written to the socket (see "Pipelined acks" in the
-    module docstring). NOSCRIPT is answered by sending the script itself (EVAL). A lost
-    connection fails the awaited commands (their callers retry once) and keeps the unawaited
-    ones to be sent again, once, first thing on the next connection.
-    """
-
-    RESEND_LIMIT = 100_000  # unconfirmed acks kept for the next connection
-
-    def __init__(self, pool: aioredis.ConnectionPool, scripts: dict[str, str],
-                 shas: dict[str, str]) -> None:
-        self._pool = pool
-        self._scripts = scripts
-        self._shas = shas
-        self._conn: AbstractConnection | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._pending: deque[_Sent] = deque()
-        self._resend: list[_Sent] = []
-        self._reader: asyncio.Task[None] | None = None
-        self._emptied: asyncio.Event | None = None  # set when nothing is awaited (close)
-        self._progress = 0.0  # monotonic time of the last reply read (or first one awaited)
-        timeout = pool.connection_kwargs.get("socket_timeout")
-        self._reply_timeout: float | None = float(timeout) if timeout else None
-        self._watchdog: asyncio.Handle | None = None
-        self._opening = asyncio.Lock()
-        self._closed = False
-        self._drops: set[asyncio.Task[None]] = set()
-
-    # -- writing ---------------------------------------------------------------------------
-
-    async def call(self, *args: Any) -> Any:
-        """One command; its reply."""
-        return (await self.calls([args]))[0]
-
-    async def calls(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Commands in one write; their replies (the first error reply raises)."""
-        return await self._ask(commands, None)
-
-    async def script(self, name: str, keys: Sequence[Any], args: Sequence[Any],
-                     *, wait: bool = True, on_orphan: Orphaned | None = None) -> Any:
-        """EVALSHA ``name`` (EVAL on NOSCRIPT); ``wait=False``: return once written.
-        ``on_orphan``: see ``_Sent``."""
-        if not wait:
-            await self._write(self._script_sent(name, keys, args))
-            return None
-        return (await self._ask([self._command(name, keys, args)], (name, keys, args),
-                                on_orphan))[0]
-
-    def _command(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
-        return ("EVALSHA", self._shas[name], len(keys), *keys, *args)
-
-    def _script_sent(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> _Sent:
-        """An EVALSHA nobody waits for (pipelined, as an ack)."""
-        return _Sent([self._command(name, keys, args)], None, (name, keys, args))
-
-    async def _ask(self, commands: list[tuple[Any, ...]], script: ScriptCall | None,
-                   on_orphan: Orphaned | None = None) -> list[Any]:
-        """Send and wait for the replies; a connection lost before they came is reopened and
-        the commands sent once more (Redis may have applied them: a publish may then be
-        queued twice, a take's messages wait for their lease)."""
-        for attempt in (0, 1):
-            fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-            try:
-                try:
-                    await self._write(_Sent(commands, fut, script, on_orphan))
-                except BaseException:
-                    if fut.done() and not fut.cancelled():
-                        fut.exception()  # settled by the same failure: retrieved here
-                    else:
-                        fut.cancel()  # cancelled while the bytes were going out: see _settle
-                    raise
-                return await fut
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
-
-    async def _write(self, sent: _Sent) -> None:
-        writer = self._writer
-        if writer is None or writer.transport.is_closing():
-            writer = await self._open()
-        self._put(writer, sent)
-        try:
-            await writer.drain()  # returns at once unless the socket's buffer is full
-        except (ConnectionError, OSError) as exc:  # the connection is gone: Redis never got it
-            self._lost(writer, exc)
-            raise RedisConnectionError(f"Error while writing to Redis: {exc}") from exc
-
-    def _put(self, writer: asyncio.StreamWriter, sent: _Sent) -> None:
-        """Write ``sent`` now (no await: writes go out in the order of the pending queue)."""
-        conn = self._conn
-        assert conn is not None
-        cmds = sent.commands
-        pending = self._pending
-        if not pending:
-            self._progress = time.monotonic()  # replies are awaited from now on
-        pending.append(sent)
-        if len(cmds) == 1:
-            writer.write(pack_command(cmds[0]))
-        else:
-            writer.write(b"".join([pack_command(c) for c in cmds]))
-        if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(self._read(conn, writer))
-        if self._watchdog is None and self._reply_timeout:
-            self._watchdog = asyncio.get_running_loop().call_later(
-                self._reply_timeout, self._check_progress, writer)
-
-    def _check_progress(self, writer: asyncio.StreamWriter, confirm: bool = False) -> None:
-        """No reply for ``socket_timeout`` seconds while some are awaited: the connection is
-        dropped (the reader then settles what was on it), as a blocked read would time out.
-
-        Silence is confirmed one loop turn later (``confirm``): after the loop was held (a
-        task on the solo pool), this timer runs in the same turn as the socket's read event,
-        before the reader has had its turn to take the replies that did come."""
-        self._watchdog = None
-        limit = self._reply_timeout
-        if self._writer is not writer or not self._pending or limit is None:
-            return
-        loop = asyncio.get_running_loop()
-        silent = time.monotonic() - self._progress
-        if silent < limit:
-            self._watchdog = loop.call_later(limit - silent, self._check_progress, writer)
-        elif not confirm:
-            self._watchdog = loop.call_soon(self._check_progress, writer, True)
-        else:
-            self._lost(writer, RedisTimeoutError(f"no reply from Redis for {silent:.1f} s"))
-
-    async def _open(self) -> asyncio.StreamWriter:
-        async with self._opening:
-            writer = self._writer
-            if writer is not None and not writer.transport.is_closing():
-                return writer
-            if writer is not None:
-                self._lost(writer, RedisConnectionError("connection closed by the server"))
-            if self._closed:
-                raise RedisConnectionError("the broker is closed")
-            conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-            writer = getattr(conn, "_writer", None)
-            if not isinstance(writer, asyncio.StreamWriter):  # not a socket connection
-                await self._pool.release(conn)
-                raise RedisConnectionError("redis-py connection without a stream writer")
-            self._conn, self._writer = conn, writer
-            # Scripts first: an EVALSHA refused with NOSCRIPT is sent again as EVAL, but
-            # behind whatever was sent meanwhile (an ack would land after a later read).
-            self._put(writer, _Sent([("SCRIPT", "LOAD", lua) for lua in self._scripts.values()],
-                                    None))
-            resend, self._resend = self._resend, []
-            for sent in resend:  # acks whose replies never came: once more (they are idempotent)
-                self._put(writer, sent)
-            return writer
-
-    # -- reading ---------------------------------------------------------------------------
-
-    async def _read(self, conn: AbstractConnection, writer: asyncio.StreamWriter) -> None:
-        """Read the replies of this connection for as long as it lives.
-
-        One reader task per connection, parsing with hiredis straight from the connection's
-        stream (redis-py's ``read_response`` would open a timeout per reply; the watchdog of
-        ``_put`` bounds the wait instead). Redis sends nothing unasked on this connection, so
-        while nothing is awaited the read simply waits."""
-        stream = getattr(conn, "_reader", None)
-        parser = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
-        try:
-            if not isinstance(stream, asyncio.StreamReader):
-                raise RedisConnectionError("redis-py connection without a stream reader")
-            while self._writer is writer:
-                reply = parser.gets()
-                if reply is False:
-                    data = await stream.read(65536)
-                    if not data:
-                        raise RedisConnectionError("connection closed by the server")
-                    self._progress = time.monotonic()
-                    parser.feed(data)
-                    continue
-                pending = self._pending
-                if not pending:
-                    raise InvalidResponse(f"a reply nobody asked for: {reply!r}")
-                head = pending[0]
-                head.replies.append(reply)
-                if len(head.replies) == len(head.commands):
-                    pending.popleft()
-                    self._settle(writer, head)
-                    if not pending and self._emptied is not None:
-                        self._emptied.set()
-        except (RedisError, OSError) as exc:
-            self._lost(writer, exc)
-        except BaseException as exc:  # cancelled (closing), or a bug: the stream is unusable
-            self._lost(writer, RedisConnectionError(f"reading replies stopped: {exc!r}"))
-            raise
-        finally:
-            if self._reader is asyncio.current_task():
-                self._reader = None
-
-    def _settle(self, writer: asyncio.StreamWriter, sent: _Sent) -> None:
-        error = next((r for r in sent.replies if isinstance(r, ResponseError)), None)
-        if isinstance(error, NoScriptError) and sent.script is not None and not sent.evaled:
-            name, keys, args = sent.script  # a new or restarted Redis: send the script itself
-            sent.commands = [("EVAL", self._scripts[name], len(keys), *keys, *args)]
-            sent.replies = []
-            sent.evaled = True
-            self._put(writer, sent)
-            return
-        fut = sent.future
-        if fut is not None and fut.cancelled():
-            undo = sent.on_orphan(sent.replies) if error is None and sent.on_orphan else None
-            if undo is not None:  # its caller is gone (a fetch cancelled at shutdown)
-                self._put(writer, self._script_sent(*undo))
-        elif fut is None:
-            if error is not None and sent.script is None:
-                log.debug("a pipelined command was refused by Redis: %s", error)
-            elif error is not None:
-                log.warning("a pipelined %s was refused by Redis (%s); its messages return "
-                            "after their lease", _what(sent), error)
-        elif not fut.done():
-            if error is not None:
-                fut.set_exception(error)
-            else:
-                fut.set_result(sent.replies)
-
-    def _lost(self, writer: asyncio.StreamWriter, exc: BaseException) -> None:
-        """The connection behind ``writer`` is gone: settle what was on it."""
-        if self._writer is not writer:
-            return  # already handled
-        conn = self._conn
-        self._conn = self._writer = None
-        self._reader = None  # the old one ends on its own
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-        pending = list(self._pending)
-        self._pending.clear()
-        self._pending = deque()
-        for sent in pending:
-            if sent.future is not None:
-                if not sent.future.done():
-                    sent.future.set_exception(
-                        exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc)))
-            elif sent.unconfirmed == 0 and len(self._resend) < self.RESEND_LIMIT:
-                sent.unconfirmed = 1
-                sent.replies = []
-                self._resend.append(sent)
-            else:
-                log.warning("a pipelined %s was not confirmed (%s); if Redis did not apply it, "
-                            "its messages return after their lease", _what(sent), exc)
-        if conn is not None:
-            task = asyncio.get_running_loop().create_task(self._drop(conn))
-            self._drops.add(task)
-            task.add_done_callback(self._drops.discard)
-
-    async def _drop(self, conn: AbstractConnection) -> None:
-        await drop_connection(self._pool, conn)
-
-    async def close(self, timeout: float = 5.0) -> None:
-        """Wait up to ``timeout`` seconds for outstanding replies (the last acks' among
-        them), then close."""
-        reader = self._reader
-        if reader is not None and not reader.done() and self._pending:
-            self._emptied = emptied = asyncio.Event()
-            waiting = asyncio.ensure_future(emptied.wait())
-            await asyncio.wait([reader, waiting], timeout=timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
-        self._closed = True
-        reader, self._reader = self._reader, None
-        writer = self._writer
-        if writer is not None:
-            self._lost(writer, RedisConnectionError("the broker is closed"))
-        if reader is not None and not reader.done():
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
-        if self._drops:
-            await asyncio.gather(*self._drops, return_exceptions=True)
-        for sent in self._resend:
-            log.warning("a pipelined %s was not confirmed before closing; if Redis did not "
-                        "apply it, its messages return after their lease", _what(sent))
-        self._resend = []
-
-
-def _what(sent: _Sent) -> str:
-    return f"{sent.script[0]} of {len(sent.script[2])} message(s)" if sent.script else "command"
-
-
-
 # -- the broker -------------------------------------------------------------------------------
 
 
@@ -838,7 +512,7 @@ class RedisBroker:
         self._client: aioredis.Redis | None = None
         self._where = "Redis"
         self._shas: dict[str, str] = {}
-        self._pipe: _Pipeline | None = None  # every non-blocking command goes on it
+        self._pipe: Pipeline | None = None  # every non-blocking command goes on it
         self._blocking: BlockingClient | None = None  # publish_blocking's, made on first use
         self._declared: set[tuple[str, str, str]] = set()
         self._watches: ListWatches | None = None  # an idle fetch's BLMOVEs
@@ -872,9 +546,9 @@ class RedisBroker:
                 else f"Redis at {kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
             )
         client = aioredis.Redis(connection_pool=pool)
-        self._shas = {name: sha1(lua.encode()).hexdigest() for name, lua in SCRIPTS.items()}
+        self._shas = script_shas(SCRIPTS)
         self._client = client
-        self._pipe = _Pipeline(pool, SCRIPTS, self._shas)
+        self._pipe = Pipeline(pool, SCRIPTS, self._shas)
         self._watches = ListWatches(pool)
         with self._errors("connect"):
             await self._call("PING")
@@ -903,19 +577,19 @@ class RedisBroker:
             raise BrokerConnectionError(f"{self!r} is not connected (call connect() first)")
         return client
 
-    def _pipeline(self) -> _Pipeline:
+    def _pipeline(self) -> Pipeline:
         pipe = self._pipe
         if pipe is None:
             raise BrokerConnectionError(f"{self!r} is not connected (call connect() first)")
         return pipe
 
     async def _call(self, *args: Any) -> Any:
-        """One command, on the pipelined connection (see ``_Pipeline``)."""
+        """One command, on the pipelined connection (see ``Pipeline``)."""
         return await self._pipeline().call(*args)
 
     async def _script(self, name: str, keys: Sequence[Any], args: Sequence[Any],
                       on_orphan: Orphaned | None = None) -> Any:
-        """EVALSHA (EVAL on NOSCRIPT: a new or restarted Redis); ``on_orphan``: see ``_Sent``."""
+        """EVALSHA (EVAL on NOSCRIPT: a new or restarted Redis); ``on_orphan``: see ``Sent``."""
         return await self._pipeline().script(name, keys, args, on_orphan=on_orphan)
 
     @contextlib.contextmanager

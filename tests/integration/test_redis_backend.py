@@ -405,6 +405,14 @@ async def test_store_after_script_flush(backend: RedisBackend, redis_url: str) -
         raw.close()
 
 
+async def test_get_many_beyond_one_mget(backend: RedisBackend) -> None:
+    """Ids beyond one MGET's chunk are read in several MGETs sent together, in order."""
+    metas = [celery_meta(new_id(), states.SUCCESS, n) for n in range(2500)]
+    await backend.store(metas[::2])  # every other one stored
+    got = await backend.get_many([m["task_id"] for m in metas])
+    assert got == {m["task_id"]: m for m in metas[::2]}
+
+
 async def test_unix_socket_url(tmp_path: Path) -> None:
     sock = tmp_path / "redis.sock"
     server = RedisServer(extra=["--unixsocket", str(sock), "--unixsocketperm", "700"])
