@@ -198,6 +198,35 @@ def test_sync_calls_publish_in_order_on_a_blocking_connection(
     assert [e["headers"]["id"] for e in entries] == sent  # the consuming end first
 
 
+def test_the_blocking_connection_closed_by_redis_is_replaced_and_the_send_retried(
+    redis_url: str, producer: Callable[..., Celeriac],
+) -> None:
+    """Redis closing the publish connection (a restart, ``CLIENT KILL``, an idle ``timeout``)
+    fails the send on it; the retry policy sends again on a new connection: nothing is lost
+    or queued twice. An error reply raises and leaves the connection in step."""
+    app = producer(redis_url)
+    first = app.send_task("capapp.add", (1, 1)).id
+    broker = app._resources[thread_loop()].broker
+    assert isinstance(broker, RedisBroker) and broker._blocking is not None
+    blocking = broker._blocking
+    r = redis.Redis.from_url(redis_url)
+    try:
+        old_sock = blocking._sock
+        assert old_sock is not None
+        port = old_sock.getsockname()[1]  # the connection, as Redis lists it
+        r.client_kill(next(c["addr"] for c in r.client_list() if c["addr"].endswith(f":{port}")))
+        second = app.send_task("capapp.add", (2, 2)).id
+        assert blocking._sock is not None and blocking._sock is not old_sock
+        r.set("not-a-list", "x")
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            blocking.run([("LPUSH", "not-a-list", "y"), ("PING",)])
+        third = app.send_task("capapp.add", (3, 3)).id
+        entries = [json.loads(raw) for raw in reversed(r.lrange("celery", 0, -1))]
+    finally:
+        r.close()
+    assert [e["headers"]["id"] for e in entries] == [first, second, third]
+
+
 @pytest.mark.timeout(120)
 def test_a_forked_child_publishes_on_connections_of_its_own(
     redis_url: str, producer: Callable[..., Celeriac],
