@@ -20,7 +20,7 @@ import hiredis
 import redis
 from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import InvalidResponse, RedisError
 
 pack_command = hiredis.pack_command
 
@@ -72,7 +72,9 @@ class BlockingClient:
                 self._drop()
                 raise
         for reply in replies:
-            if isinstance(reply, ResponseError):
+            # an error reply: -LOADING (a restarted Redis reading its AOF) and -NOAUTH come as
+            # ConnectionError subclasses (the caller retries), the others as ResponseError
+            if isinstance(reply, RedisError):
                 raise reply
         return replies
 

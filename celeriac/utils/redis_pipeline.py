@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis._parsers.base import BaseParser
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError, RedisError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from celeriac.utils.redis_urls import drop_connection
@@ -102,6 +102,12 @@ class Pipeline:
         self._opening = asyncio.Lock()
         self._closed = False
         self._drops: set[asyncio.Task[None]] = set()
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether a connection is open now (a command would not have to connect first)."""
+        writer = self._writer
+        return writer is not None and not writer.transport.is_closing()
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -269,7 +275,9 @@ class Pipeline:
                 self._reader = None
 
     def _settle(self, writer: asyncio.StreamWriter, sent: Sent) -> None:
-        error = next((r for r in sent.replies if isinstance(r, ResponseError)), None)
+        # every error reply counts: -LOADING (a restarted Redis reading its AOF) and -NOAUTH
+        # come as ConnectionError subclasses, not ResponseError
+        error = next((r for r in sent.replies if isinstance(r, RedisError)), None)
         if isinstance(error, NoScriptError) and sent.script is not None and not sent.evaled:
             name, keys, args = sent.script  # a new or restarted Redis: send the script itself
             sent.commands = [("EVAL", self._scripts[name], len(keys), *keys, *args)]

@@ -396,6 +396,62 @@ def test_aof_redis_crash_loses_no_published_task(
 
 
 @pytest.mark.timeout(120)
+def test_a_publish_to_a_redis_still_loading_its_data_raises_and_is_not_lost(
+    private_redis: Any, producer: Callable[..., Celeriac],
+) -> None:
+    """A restarted Redis answers ``-LOADING`` until its data is read back; redis-py calls
+    that a ConnectionError, not a ResponseError. A publish answered so must fail (and be
+    retried), on the blocking connection of sync callers and on the pipelined one of
+    coroutines alike: a publish that returned is in the queue."""
+    url = private_redis.url
+    r = redis.Redis.from_url(url)
+    try:  # enough data that reading it back takes a while
+        for start in range(0, 1_500_000, 100_000):
+            r.eval("for i = ARGV[1], ARGV[1] + 99999 do redis.call('SET', 'filler:' .. i, 'x') end",
+                   0, start)
+        r.bgrewriteaof()
+        wait_for(lambda: r.info("persistence")["aof_rewrite_in_progress"] == 0, 60, "the AOF")
+    finally:
+        r.close()
+    app = producer(url)
+    app.conf.task_publish_retry = False
+    app.send_task("capapp.add", (0, 0))  # connected before the restart
+    private_redis.crash()
+    private_redis.start()
+    returned, refused = [], 0
+
+    async def send_from_a_coroutine() -> None:
+        nonlocal refused
+        try:
+            returned.append((await app.asend_task("capapp.add", (1, 1))).id)
+        except BrokerConnectionError:
+            refused += 1
+
+    loop = asyncio.new_event_loop()
+    try:
+        r = redis.Redis.from_url(url)
+        while True:
+            try:
+                loading = bool(r.info("persistence")["loading"])
+            except redis.BusyLoadingError:
+                loading = True
+            if not loading:
+                break
+            try:
+                returned.append(app.send_task("capapp.add", (1, 1)).id)
+            except BrokerConnectionError:
+                refused += 1
+            loop.run_until_complete(send_from_a_coroutine())
+        assert refused > 0  # the publishes did meet a loading Redis
+        queued = {json.loads(raw)["headers"]["id"] for raw in r.lrange("celery", 0, -1)}
+        assert set(returned) <= queued
+    finally:
+        loop.run_until_complete(app.aclose())
+        loop.close()
+        r.close()
+
+
+@pytest.mark.timeout(120)
 def test_worker_resumes_consuming_after_redis_restart(
     private_redis: Any, db_url: str, start_worker: Any, producer: Callable[..., Celeriac],
 ) -> None:
@@ -648,3 +704,4 @@ async def test_a_push_landing_as_an_idle_fetch_starts_waiting_is_seen_at_once(
         await broker.close()
         r.close()
     assert int(redis.Redis.from_url(redis_url).info("clients")["blocked_clients"]) == 0
+
