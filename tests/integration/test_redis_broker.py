@@ -705,3 +705,107 @@ async def test_a_push_landing_as_an_idle_fetch_starts_waiting_is_seen_at_once(
         r.close()
     assert int(redis.Redis.from_url(redis_url).info("clients")["blocked_clients"]) == 0
 
+
+# -- the take queued behind each watch ----------------------------------------------------------
+
+
+def _entry(n: int) -> bytes:
+    return kombu_envelope.dumps(Envelope(b"[%d]" % n, properties={"priority": 0}), "", "celery")
+
+
+async def test_a_woken_fetch_has_its_messages_from_the_take_behind_the_watch(
+    redis_url: str,
+) -> None:
+    """The take sent behind each watch's BLMOVE runs the moment a push lands: the woken fetch
+    returns its messages without a take of its own, and takes no more than its room (the
+    gate); the rest stays in the list, not in flight."""
+    broker = RedisBroker(redis_url)
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    takes = 0
+    take = broker._take
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal takes
+        takes += 1
+        return await take(*args, **kwargs)
+
+    broker._take = counted  # type: ignore[method-assign]
+    try:
+        for cycle in range(3):
+            takes = 0
+            waiting = asyncio.create_task(broker.fetch(["celery"], 2, 10.0))
+            await asyncio.sleep(0.2)
+            assert takes == 1  # the one that found nothing, then the wait
+            await asyncio.to_thread(r.lpush, "celery", *(_entry(n) for n in range(5)))
+            got = await asyncio.wait_for(waiting, 5)
+            assert takes == 1, f"cycle {cycle}"
+            assert [d.envelope.body for d in got] == [b"[0]", b"[1]"]
+            assert r.llen("celery") == 3 and r.hlen("celeriac.inflight") == 2
+            await broker.ack(got)
+            assert await broker.purge(["celery"]) == 3
+    finally:
+        await broker.close()
+        r.close()
+
+
+async def test_a_fetch_cancelled_while_waiting_leaves_later_pushes_in_the_list(
+    redis_url: str,
+) -> None:
+    """Cancelling a waiting fetch (a warm shutdown) shuts its gate: a push that lands later
+    stays in the list for other workers; the armed watches take nothing."""
+    broker = RedisBroker(redis_url)
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        waiting = asyncio.create_task(broker.fetch(["celery"], 4, 10.0))
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.sleep(0.1)
+        assert r.keys("celeriac.gate.*") == []
+        await asyncio.to_thread(r.lpush, "celery", _entry(0))
+        await asyncio.sleep(0.2)
+        assert r.llen("celery") == 1 and r.hlen("celeriac.inflight") == 0
+        assert broker._taken == []
+    finally:
+        await broker.close()
+        r.close()
+
+
+async def test_messages_taken_behind_a_watch_for_no_fetch_go_back(redis_url: str) -> None:
+    """What a take behind a watch took with the gate open and no fetch to collect it (the
+    gate was set, the fetch gone) goes back to its list at close, first in line; and one held
+    longer than half a lease goes back at the next fetch, which takes it anew."""
+    broker = RedisBroker(redis_url, lease_seconds=0.6)
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        watches = broker._watches
+        assert watches is not None
+        for phase in ("close", "stale"):
+            r.set(broker._gate, 2)
+            r.lpush("celery", *(_entry(n) for n in range(3)))
+            woke = await watches.wait(["celery"], 5.0, broker._behind(["celery"]))
+            assert woke and len(broker._taken) == 2 and r.llen("celery") == 1
+            assert r.hlen("celeriac.inflight") == 2 and not r.exists(broker._gate)
+            if phase == "close":
+                await broker.close()
+                assert r.hlen("celeriac.inflight") == 0
+                assert [json.loads(e)["body"] for e in r.lrange("celery", 0, -1)] == [
+                    json.loads(_entry(n))["body"] for n in (2, 1, 0)]
+                r.delete("celery")
+                await broker.connect()
+                watches = broker._watches
+                assert watches is not None
+            else:
+                old_tags = {d.tag for _, d in broker._taken}
+                await asyncio.sleep(0.4)  # more than half a lease
+                got = await broker.fetch(["celery"], 3, 0)
+                assert [d.envelope.body for d in got] == [b"[0]", b"[1]", b"[2]"]
+                assert not old_tags & {d.tag for d in got}
+                await broker.ack(got)
+    finally:
+        await broker.close()
+        r.close()
