@@ -132,6 +132,19 @@ class RabbitMQNode:
     def set_memory_watermark(self, fraction: float) -> None:
         self.ctl("set_vm_memory_high_watermark", repr(fraction))
 
+    def memory_alarm(self) -> bool:
+        """Whether the node's memory alarm is raised now (the watermark is checked
+        periodically, so it takes effect a moment after ``set_memory_watermark``)."""
+        return "memory" in self.ctl("eval", "rabbit_alarm:get_alarms().")
+
+    def wait_memory_alarm(self, raised: bool, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.memory_alarm() != raised:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the memory alarm was not {'raised' if raised else 'cleared'} "
+                                   f"within {timeout} s")
+            time.sleep(0.1)
+
     def stop(self, timeout: float = 60.0) -> None:
         if self.pid is None:
             return

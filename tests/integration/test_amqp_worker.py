@@ -208,7 +208,7 @@ async def test_memory_alarm_blocks_publishers_then_raises(rabbitmq_node: Any, am
         await broker.publish([Outgoing("alarm", Envelope(b"before"))])
         await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.0000001)
         try:
-            await asyncio.sleep(0.5)
+            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, True)
             start = time.monotonic()
             with pytest.raises(BrokerError, match="did not confirm"):
                 await broker.publish([Outgoing("alarm", Envelope(b"blocked"))])
@@ -216,6 +216,7 @@ async def test_memory_alarm_blocks_publishers_then_raises(rabbitmq_node: Any, am
             assert 1.2 <= elapsed < 5, elapsed
         finally:
             await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.4)
+            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, False)
         await broker.publish([Outgoing("alarm", Envelope(b"after"))])
         got = [d.envelope.body for d in await broker.fetch(["alarm"], 10, 2.0)]
         assert got[0] == b"before" and got[-1] == b"after"  # nothing dropped
