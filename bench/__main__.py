@@ -153,31 +153,45 @@ def main(argv: list[str] | None = None) -> int:
             console.print("stopped the private redis-server")
 
 
-def redis_floor(url: str, n: int = 5000, repeat: int = 3) -> float:
-    """The machine's floor for one Redis round trip from Python right now: the median time of
-    a redis-py ``PING`` (blocking, hiredis) in a loop, in microseconds. Loopback latency on a
-    shared VM drifts over minutes; printed before and after the rows to read them against."""
+def redis_floor(url: str, n: int = 5000, repeat: int = 3) -> tuple[float, float]:
+    """The machine's floor for one Redis round trip right now, in microseconds: the median
+    time of a ``PING`` in a loop through redis-py (blocking, hiredis), and on a bare socket
+    (the network and Redis alone: what one-at-a-time ``delay()`` can approach, as celeriac's
+    blocking publisher sends and reads on the socket itself). Loopback latency on a shared VM
+    drifts over minutes; printed before and after the rows to read them against."""
+    import socket
+
     import redis
 
     client = redis.Redis.from_url(url)
     try:
-        times = []
+        client.ping()
+        sock = client.connection_pool.get_connection()._sock  # type: ignore[no-untyped-call]
+        lib, bare = [], []
         for _ in range(repeat):
             start = time.perf_counter()
             for _ in range(n):
                 client.ping()
-            times.append((time.perf_counter() - start) / n * 1e6)
+            lib.append((time.perf_counter() - start) / n * 1e6)
+            start = time.perf_counter()
+            for _ in range(n):
+                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                if sock.recv(64) != b"+PONG\r\n":
+                    raise RuntimeError("unexpected reply to PING")
+            bare.append((time.perf_counter() - start) / n * 1e6)
+        assert isinstance(sock, socket.socket)
     finally:
         client.close()
-    return statistics.median(times)
+    return statistics.median(lib), statistics.median(bare)
 
 
 def run(args: argparse.Namespace, keys: list[str], private: PrivateRedis | None) -> int:
     rows = make_rows(args.redis_url, args.amqp_url)
-    floors: list[float] = []
+    floors: list[tuple[float, float]] = []
     if args.redis_url and REDIS_ROWS.intersection(keys):
         floors.append(redis_floor(args.redis_url))
-        console.print(f"Redis round-trip floor (redis-py PING): {floors[-1]:.1f} µs")
+        console.print("Redis round-trip floor (PING: redis-py / bare socket): "
+                      f"{floors[-1][0]:.1f} / {floors[-1][1]:.1f} µs")
     logging.getLogger("celeriac").setLevel(logging.ERROR)  # in-process workers: quiet
     params = Params(n=args.n, batch=args.batch, k=args.k, repeat=args.repeat,
                     warmup=args.warmup)
@@ -225,8 +239,10 @@ def run(args: argparse.Namespace, keys: list[str], private: PrivateRedis | None)
         out = Console(width=150)
     out.print(render(results, params))
     if floors:
-        out.print("Redis round-trip floor (redis-py PING, one at a time), before and after: "
-                  + " / ".join(f"{f:.1f} µs ({1e6 / f:,.0f}/s)" for f in floors))
+        out.print("Redis round-trip floor (PING one at a time, redis-py / bare socket), "
+                  "before and after: " + ", ".join(
+                      f"{lib:.1f} / {bare:.1f} µs ({1e6 / lib:,.0f} / {1e6 / bare:,.0f} per s)"
+                      for lib, bare in floors))
     if args.json:
         args.json.write_text(json.dumps({
             "when": datetime.now(UTC).isoformat(),
