@@ -12,11 +12,6 @@ task (one round trip at a time) thus sends one ``BLMOVE`` per task, not one per 
 caller's take, just before, has seen the list since) and is armed again: a push that landed in
 between makes the new ``BLMOVE`` return at once, so no push is missed.
 
-A command can be queued **behind** each watch (``Behind``: the broker's take, gated so that it
-takes only for a fetch that waits): it is sent with the ``BLMOVE``, so Redis runs it the moment
-the list gets an entry, and its reply is handed over before the wait returns: a woken fetch
-has its messages without a round trip of its own.
-
 The server-side block is ``BLOCK_SECONDS`` (a watch nobody waits on any more, for a queue no
 longer consumed, ends by itself); a lost connection fails the wait (the caller retries) and
 the next wait starts a fresh watch on a new connection.
@@ -25,32 +20,16 @@ the next wait starts a fresh watch on a new connection.
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import ResponseError
 
 from celeriac.utils.redis_urls import drop_connection
 
 #: How long one BLMOVE blocks in Redis before it returns empty (and is armed again if waited on).
 BLOCK_SECONDS = 10
-
-log = logging.getLogger("celeriac.brokers.redis")
-
-
-class Behind:
-    """A command sent right behind a watch's ``BLMOVE``, and what takes its reply (an error
-    reply included: it is handed over as the exception, never raised)."""
-
-    __slots__ = ("command", "on_reply")
-
-    def __init__(self, command: tuple[Any, ...], on_reply: Callable[[Any], None]) -> None:
-        self.command = command
-        self.on_reply = on_reply
 
 
 class ListWatches:
@@ -62,11 +41,9 @@ class ListWatches:
         self._conns: dict[str, AbstractConnection] = {}
         self._closed = False
 
-    async def wait(self, keys: Sequence[str], seconds: float, behind: Behind | None = None
-                   ) -> bool:
+    async def wait(self, keys: Sequence[str], seconds: float) -> bool:
         """Block until one of the lists ``keys`` holds an entry (True) or ``seconds`` pass
-        (False). A watch that failed raises its error. ``behind``: queued behind the watches
-        armed now (one still armed from an earlier wait keeps what it was armed with)."""
+        (False). A watch that failed raises its error."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         self._discard_returned(keys, stale=True)
@@ -74,7 +51,7 @@ class ListWatches:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
-            watches = [self._arm(key, behind) for key in keys]
+            watches = [self._arm(key) for key in keys]
             done, _ = await asyncio.wait(watches, timeout=remaining,
                                          return_when=asyncio.FIRST_COMPLETED)
             if not done:
@@ -83,10 +60,10 @@ class ListWatches:
                 return True
             # only server-side timeouts (or other lists' stale returns): arm again
 
-    def _arm(self, key: str, behind: Behind | None) -> asyncio.Task[Any]:
+    def _arm(self, key: str) -> asyncio.Task[Any]:
         watch = self._watches.get(key)
         if watch is None:
-            watch = asyncio.get_running_loop().create_task(self._watch(key, behind))
+            watch = asyncio.get_running_loop().create_task(self._watch(key))
             self._watches[key] = watch
         return watch
 
@@ -112,29 +89,15 @@ class ListWatches:
             raise failed
         return woke
 
-    async def _watch(self, key: str, behind: Behind | None) -> Any:
+    async def _watch(self, key: str) -> Any:
         conn = self._conns.pop(key, None)
         if conn is None:
             if self._closed:
                 raise aioredis.ConnectionError("the broker is closed")
             conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-        blmove: tuple[Any, ...] = ("BLMOVE", key, key, "RIGHT", "RIGHT", BLOCK_SECONDS)
         try:
-            if behind is None:
-                await conn.send_command(*blmove)
-            else:
-                await conn.send_packed_command(
-                    hiredis.pack_command(blmove) + hiredis.pack_command(behind.command))
+            await conn.send_command("BLMOVE", key, key, "RIGHT", "RIGHT", BLOCK_SECONDS)
             reply = await conn.read_response(timeout=BLOCK_SECONDS + 5.0)
-            if behind is not None:
-                try:
-                    after = await conn.read_response(timeout=BLOCK_SECONDS + 5.0)
-                except ResponseError as exc:  # NOSCRIPT, say: the caller's own take follows
-                    after = exc
-                try:
-                    behind.on_reply(after)
-                except Exception:
-                    log.exception("handling the reply of the command behind a watch failed")
         except BaseException:
             await drop_connection(self._pool, conn)
             raise

@@ -58,17 +58,9 @@ steps 1, 2, 4, 5, 7 and 8).
   watched list (one connection each, kept armed across waits: ``_redis_watch``): a
   non-destructive wait (the entry is popped and pushed back at the same end in one command, so
   the list is unchanged and nothing ever leaves Redis), woken by any ``LPUSH``, Celery's
-  included. The wait is capped by the next due delayed message or lease deadline (the script
-  returns it) and by ``poll_interval`` (new delayed messages of other producers are seen
-  within it).
-- *A take behind each watch.* Each ``BLMOVE`` goes out with the take script right behind it,
-  so Redis takes the messages the moment a push wakes the watch, and the woken fetch returns
-  them without a round trip of its own. A *gate* (``celeriac.gate.<consumer>``, set by the take
-  that found nothing, for one lease at most) bounds what those takes may take: the room of the
-  fetch that waits, once per wait (the first take that takes anything shuts it; so does a
-  fetch cancelled while waiting). A take behind a watch whose fetch is gone (a race with the
-  wait's end) keeps its messages for the next fetch; held for more than half a lease (nobody
-  renews them), or still held at ``close``, they go back to their queue.
+  included. When one returns the take script runs. The wait is capped by the next due delayed
+  message or lease deadline (the script returns it) and by ``poll_interval`` (new delayed
+  messages of other producers are seen within it).
 - *Dead letters* go to the list ``celeriac.dead_letter`` (``dead_letter_queue``) as JSON
   ``{"dead_at", "reason", "queue", "priority", "deliveries", "tag", "entry"}``, newest first,
   trimmed to ``dead_letter_limit``.
@@ -122,12 +114,10 @@ Not supported: Redis Cluster (the scripts touch keys they compute).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -149,7 +139,7 @@ from celeriac.brokers._common import (
     resolve_options,
 )
 from celeriac.brokers._redis_blocking import BlockingClient
-from celeriac.brokers._redis_watch import Behind, ListWatches
+from celeriac.brokers._redis_watch import ListWatches
 from celeriac.brokers.base import DEFAULT_LEASE_SECONDS
 from celeriac.config import redact_url
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError, DecodeError
@@ -199,8 +189,6 @@ DEFAULTS: dict[str, Any] = {
     "min_other_sentinels": 0,
 }
 _WHERE = "RedisBroker"
-#: seconds ``close`` gives each of its last commands (shutting the gate, putting messages back)
-CLOSE_TIMEOUT = 2.0
 
 # redis-py >= 7 asks every new connection for maintenance notifications (a Redis
 # Enterprise/Cloud feature): one round trip less per connection without.
@@ -231,10 +219,6 @@ class Keys:
 
     def delayed(self, queue: str) -> str:
         return f"{self.prefix}celeriac.delayed.{queue}"
-
-    def gate(self, consumer: str) -> str:
-        """How many messages the takes behind ``consumer``'s watches may take (TAKE_LUA)."""
-        return f"{self.prefix}celeriac.gate.{consumer}"
 
     def binding(self, exchange: str) -> str:
         return f"{self.prefix}_kombu.binding.{exchange}"
@@ -271,16 +255,8 @@ end
 """
 
 #: KEYS: inflight, leases, redelivered, inflight_count, tag_seq, then per queue its delayed
-#: zset and its S step lists in serving order, then the consumer's gate.
-#: ARGV: lease_ms, max_count, sweep, S, gate mode, queues...
+#: zset and its S step lists in serving order. ARGV: lease_ms, max_count, sweep, S, queues...
 #: Returns {tag, deliveries, queue index, entry, ...} or {ms until something falls due | -1}.
-#:
-#: The gate (a key per broker instance) says how many messages the take queued behind a watch
-#: (``ListWatches``) may take: mode "open", a fetch that will wait if it takes nothing, sets
-#: it to max_count then (for the length of a lease at most); mode "gated", the take behind a
-#: watch, takes what the gate allows (max_count unused), or nothing when it is shut; any take
-#: that takes something, and mode "shut", shut it. So at most one take behind a watch takes
-#: anything per wait, and never more than the room its fetch had.
 TAKE_LUA = (
     _LUA_NOW
     + _LUA_PARSE
@@ -289,13 +265,7 @@ local lease = tonumber(ARGV[1])
 local want = tonumber(ARGV[2])
 local sweep = tonumber(ARGV[3])
 local S = tonumber(ARGV[4])
-local mode = ARGV[5]
-local nq = #ARGV - 5
-local gate = KEYS[#KEYS]
-if mode == 'gated' then
-  want = tonumber(redis.call('GET', gate) or '0')
-  if want <= 0 then return {-1} end
-end
+local nq = #ARGV - 4
 
 local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, sweep)
 for i = 1, #lapsed do
@@ -343,11 +313,6 @@ for qi = 0, nq - 1 do
 end
 
 if #got == 0 then
-  if mode == 'open' then
-    redis.call('SET', gate, want, 'PX', lease)
-  elseif mode == 'shut' then
-    redis.call('DEL', gate)
-  end
   local nxt = -1
   local l = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   if #l > 0 then nxt = tonumber(l[2]) end
@@ -359,7 +324,6 @@ if #got == 0 then
   return {math.max(nxt - now, 0)}
 end
 
-redis.call('DEL', gate)
 local last = tonumber(redis.call('INCRBY', KEYS[5], #got))
 local first = last - #got
 local check = redis.call('HLEN', KEYS[3]) > 0
@@ -378,7 +342,7 @@ for i = 1, #got do
     end
   end
   local tag = string.format('%d', first + i)
-  local q = ARGV[6 + from[i]]
+  local q = ARGV[5 + from[i]]
   local lk = lks[i]
   redis.call('HSET', KEYS[1], tag, n .. ':' .. #q .. ':' .. #lk .. ':' .. q .. lk .. entry)
   redis.call('ZADD', KEYS[2], deadline, tag)
@@ -553,10 +517,6 @@ class RedisBroker:
         self._declared: set[tuple[str, str, str]] = set()
         self._watches: ListWatches | None = None  # an idle fetch's BLMOVEs
         self._take_keys: dict[tuple[str, ...], list[str]] = {}
-        self._gate = self.keys.gate(uuid.uuid4().hex)
-        #: what takes behind watches took, for the next fetch: (monotonic time, delivery)
-        self._taken: list[tuple[float, Delivery]] = []
-        self._background: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
         shown = redact_url(self.url) if self._sentinel is not None else _redact(self.url)
@@ -595,11 +555,11 @@ class RedisBroker:
 
     async def close(self) -> None:
         client = self._client
-        await self._give_back_taken()
         pipe, self._pipe = self._pipe, None
         self._declared.clear()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        watches, self._watches = self._watches, None
+        if watches is not None:
+            await watches.close()
         if pipe is not None:
             await pipe.close()
         self._client = None
@@ -610,31 +570,6 @@ class RedisBroker:
             with contextlib.suppress(Exception):
                 await client.aclose()
             await close_pool(client.connection_pool)
-
-    async def _give_back_taken(self) -> None:
-        """At close: shut the gate, end the watches, and put back in their queue the messages
-        taken behind a watch for a fetch that never came (with Redis unreachable, or slow to
-        answer, they return after their lease)."""
-        pipe = self._pipe
-        live = pipe is not None and pipe.is_connected
-        if live and pipe is not None:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await pipe.call("DEL", self._gate)
-        watches, self._watches = self._watches, None
-        if watches is not None:
-            await watches.close()
-        taken, self._taken = self._taken, []
-        if not taken:
-            return
-        try:
-            if not live:
-                raise BrokerConnectionError("not connected")
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self.requeue([d for _, d in taken])
-        except (BrokerError, TimeoutError) as exc:
-            log.warning("%d message(s) taken for a fetch that never came return after their "
-                        "lease (%s)", len(taken), exc)
 
     def _redis(self) -> aioredis.Redis:
         client = self._client
@@ -803,73 +738,25 @@ class RedisBroker:
             self._take_keys[key] = found
         return found
 
-    def _take_call(self, queues: Sequence[str], max_count: int, mode: str
-                   ) -> tuple[list[str], list[Any]]:
-        """The take script's keys and arguments (see TAKE_LUA for the gate ``mode``)."""
+    async def _take(self, queues: Sequence[str], max_count: int) -> tuple[list[Delivery], float]:
+        """(deliveries, seconds until something falls due or -1)."""
         args: list[Any] = [
             int(self.lease_seconds * 1000), max_count, self.sweep_limit, len(self._serve_steps),
-            mode, *queues,
+            *queues,
         ]
-        return [*self._keys_for(queues), self._gate], args
-
-    async def _take(self, queues: Sequence[str], max_count: int, mode: str = "shut"
-                    ) -> tuple[list[Delivery], float]:
-        """(deliveries, seconds until something falls due or -1)."""
-        keys, args = self._take_call(queues, max_count, mode)
         with self._errors("fetch"):
-            reply = await self._script("take", keys, args, self._untake)
+            reply = await self._script("take", self._keys_for(queues), args, self._untake)
         if len(reply) == 1:
             ms = int(reply[0])
             return [], (-1.0 if ms < 0 else ms / 1000)
-        return _deliveries(reply, queues), -1.0
-
-    def _behind(self, queues: Sequence[str]) -> Behind:
-        """The take queued behind each watch of an idle fetch of ``queues``: Redis runs it as
-        soon as the watch's BLMOVE returns, so a woken fetch finds its messages here, one
-        round trip sooner. The gate keeps it to the room of the fetch that waits."""
-        keys, args = self._take_call(queues, 0, "gated")
-        command = ("EVALSHA", self._shas["take"], len(keys), *keys, *args)
-        queues = tuple(queues)
-
-        def taken(reply: Any) -> None:
-            if isinstance(reply, list) and len(reply) > 1:
-                now = time.monotonic()
-                self._taken += [(now, d) for d in _deliveries(reply, queues)]
-
-        return Behind(command, taken)
-
-    async def _collect(self, queues: Sequence[str], max_count: int) -> list[Delivery]:
-        """Up to ``max_count`` of the messages takes behind watches took for ``queues``.
-
-        One held for more than half a lease goes back to its queue instead (nobody renewed
-        it, and once its lease lapses another worker may take it); so do the others at
-        ``close``. The rest waits for the next fetch."""
-        fresh_since = time.monotonic() - self.lease_seconds / 2
-        got: list[Delivery] = []
-        stale: list[Delivery] = []
-        kept: list[tuple[float, Delivery]] = []
-        for when, delivery in self._taken:
-            if when < fresh_since:
-                stale.append(delivery)
-            elif len(got) < max_count and delivery.queue in queues:
-                got.append(delivery)
-            else:
-                kept.append((when, delivery))
-        self._taken = kept
-        if stale:
-            log.warning("%d message(s) taken for a fetch that was gone for half a lease "
-                        "go back to their queue", len(stale))
-            await self.requeue(stale)
-        return got
-
-    def _shut_gate(self) -> None:
-        """Shut the gate now, without waiting (a fetch cancelled while it waited)."""
-        pipe = self._pipe
-        if pipe is None or not pipe.is_connected:
-            return  # it shuts itself after a lease
-        task = asyncio.get_running_loop().create_task(pipe.call("DEL", self._gate))
-        self._background.add(task)
-        task.add_done_callback(_forget_background(self._background))
+        out: list[Delivery] = []
+        append = out.append
+        items = iter(reply)
+        for tag, deliveries, qi, raw in zip(items, items, items, items, strict=True):
+            env, priority = _decode(raw)
+            append(_delivery(env, queues[qi if type(qi) is int else int(qi)], int(tag),
+                             deliveries if type(deliveries) is int else int(deliveries), priority))
+        return out, -1.0
 
     async def _declare_consumed(self, queues: Sequence[str]) -> None:
         ops = [op for q in queues for op in self._declare("", q, q)]
@@ -893,34 +780,20 @@ class RedisBroker:
         await self._declare_consumed(queues)
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
-            if self._taken:
-                got = await self._collect(queues, max_count)
-                if got:
-                    return got
-            remaining = deadline - time.monotonic()
-            got, due_in = await self._take(queues, max_count, "open" if remaining > 0 else "shut")
+            got, due_in = await self._take(queues, max_count)
             if got:
                 return got
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            wait = idle_wait(max(deadline - time.monotonic(), 0.001),
-                             None if due_in < 0 else due_in, self.poll_interval)
+            wait = idle_wait(remaining, None if due_in < 0 else due_in, self.poll_interval)
             watched = self._keys_for(queues)[5:]
             watched = [k for i, k in enumerate(watched) if i % (len(self._serve_steps) + 1)]
             watches = self._watches
             if watches is None:
                 raise BrokerConnectionError(f"{self!r} is closed")
-            if any(d.queue in queues for _, d in self._taken):
-                # a watch armed by an earlier wait returned meanwhile, and the take behind it
-                # took what was pushed: the list it watched is empty again, so waiting would
-                # not wake (no await since this check: one returning later wakes the wait)
-                continue
-            try:
-                with self._errors("wait for messages"):
-                    await watches.wait(watched, wait, self._behind(queues))
-            except asyncio.CancelledError:
-                self._shut_gate()
-                raise
+            with self._errors("wait for messages"):
+                await watches.wait(watched, wait)
 
     def _by_tag(self) -> list[str]:
         k = self.keys
@@ -1022,26 +895,6 @@ class RedisBroker:
 
 #: ``Delivery(envelope, queue, tag, deliveries, priority)``, built a little faster (``_take``)
 _delivery = build_delivery
-
-
-def _deliveries(reply: list[Any], queues: Sequence[str]) -> list[Delivery]:
-    """The deliveries of the take script's reply ``{tag, deliveries, queue index, entry, ...}``."""
-    out: list[Delivery] = []
-    append = out.append
-    items = iter(reply)
-    for tag, deliveries, qi, raw in zip(items, items, items, items, strict=True):
-        env, priority = _decode(raw)
-        append(_delivery(env, queues[qi if type(qi) is int else int(qi)], int(tag),
-                         deliveries if type(deliveries) is int else int(deliveries), priority))
-    return out
-
-
-def _forget_background(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
-    def done(task: asyncio.Task[Any]) -> None:
-        tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: a gate left open shuts itself after a lease
-    return done
 
 
 def _decode(raw: bytes) -> tuple[Envelope, int]:

@@ -103,12 +103,6 @@ class Pipeline:
         self._closed = False
         self._drops: set[asyncio.Task[None]] = set()
 
-    @property
-    def is_connected(self) -> bool:
-        """Whether a connection is open now (a command would not have to connect first)."""
-        writer = self._writer
-        return writer is not None and not writer.transport.is_closing()
-
     # -- writing ---------------------------------------------------------------------------
 
     async def call(self, *args: Any) -> Any:
