@@ -35,6 +35,10 @@ log = logging.getLogger("celeriac.redis")
 pack_command = hiredis.pack_command
 
 
+#: seconds a fire-and-forget script refused by a Redis not serving yet is sent again
+REFUSED_RETRY_FOR = 60.0
+
+
 def script_shas(scripts: dict[str, str]) -> dict[str, str]:
     """The SHA1 of each script, as ``EVALSHA`` names it."""
     return {name: sha1(lua.encode()).hexdigest() for name, lua in scripts.items()}
@@ -50,7 +54,8 @@ Orphaned = Callable[[list[Any]], ScriptCall | None]
 class Sent:
     """Commands written to the pipelined connection whose replies are not all read yet."""
 
-    __slots__ = ("commands", "evaled", "future", "on_orphan", "replies", "script", "unconfirmed")
+    __slots__ = ("commands", "evaled", "future", "on_orphan", "refusals", "refused_since",
+                 "replies", "script", "unconfirmed")
 
     def __init__(self, commands: list[tuple[Any, ...]], future: asyncio.Future[Any] | None,
                  script: ScriptCall | None = None, on_orphan: Orphaned | None = None) -> None:
@@ -60,6 +65,8 @@ class Sent:
         self.script = script  # (name, keys, args) of a lone EVALSHA, for NOSCRIPT
         self.evaled = False  # sent again as EVAL after NOSCRIPT
         self.unconfirmed = 0  # connections lost while it was on the wire
+        self.refusals = 0  # times refused by a Redis not serving yet (-LOADING)
+        self.refused_since: float | None = None
         #: for a reply whose caller was cancelled meanwhile: the script that undoes it
         self.on_orphan = on_orphan
 
@@ -285,6 +292,9 @@ class Pipeline:
             if undo is not None:  # its caller is gone (a fetch cancelled at shutdown)
                 self._put(writer, self._script_sent(*undo))
         elif fut is None:
+            if isinstance(error, RedisConnectionError) and sent.script is not None \
+                    and self._send_again_later(sent):
+                return
             if error is not None and sent.script is None:
                 log.debug("a pipelined command was refused by Redis: %s", error)
             elif error is not None:
@@ -295,6 +305,33 @@ class Pipeline:
                 fut.set_exception(error)
             else:
                 fut.set_result(sent.replies)
+
+    def _send_again_later(self, sent: Sent) -> bool:
+        """A script nobody waits for (an ack) refused by a Redis that does not serve yet
+        (``-LOADING``: restarted, reading its data back; it applied nothing): send it again
+        after a pause, doubling up to a second, for ``REFUSED_RETRY_FOR`` seconds. An ack is
+        idempotent; dropping it would run its task again once its lease lapses."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if sent.refused_since is None:
+            sent.refused_since = now
+        if self._closed or now - sent.refused_since > REFUSED_RETRY_FOR:
+            return False
+        pause = min(0.05 * 2 ** sent.refusals, 1.0)
+        sent.refusals += 1
+        sent.replies = []
+        loop.call_later(pause, self._send_again, sent)
+        return True
+
+    def _send_again(self, sent: Sent) -> None:
+        writer = self._writer
+        if self._closed:
+            log.warning("a pipelined %s refused by Redis was not sent again before closing; %s",
+                        _what(sent), self._lapse_hint)
+        elif writer is None or writer.transport.is_closing():
+            self._resend.append(sent)  # first thing on the next connection
+        else:
+            self._put(writer, sent)
 
     def _lost(self, writer: asyncio.StreamWriter, exc: BaseException) -> None:
         """The connection behind ``writer`` is gone: settle what was on it."""

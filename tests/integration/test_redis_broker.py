@@ -5,6 +5,7 @@ messages waiting in Redis (what a Celery worker sees of them)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -18,7 +19,7 @@ import redis
 
 from celeriac import Celeriac
 from celeriac.brokers.redis import RedisBroker
-from celeriac.errors import BrokerConnectionError
+from celeriac.errors import BrokerConnectionError, BrokerError
 from celeriac.message import Envelope, Outgoing
 from celeriac.protocol import kombu_envelope
 from celeriac.utils.sync import thread_loop
@@ -395,6 +396,26 @@ def test_aof_redis_crash_loses_no_published_task(
         assert res.get(timeout=60) == i + 1, i
 
 
+def fill_to_load_slowly(url: str) -> None:
+    """Enough data (and an AOF of it) that a restarted Redis answers -LOADING for a while."""
+    r = redis.Redis.from_url(url)
+    try:
+        for start in range(0, 1_500_000, 100_000):
+            r.eval("for i = ARGV[1], ARGV[1] + 99999 do redis.call('SET', 'filler:' .. i, 'x') end",
+                   0, start)
+        r.bgrewriteaof()
+        wait_for(lambda: r.info("persistence")["aof_rewrite_in_progress"] == 0, 60, "the AOF")
+    finally:
+        r.close()
+
+
+def still_loading(r: redis.Redis) -> bool:
+    try:
+        return bool(r.info("persistence")["loading"])
+    except redis.BusyLoadingError:
+        return True
+
+
 @pytest.mark.timeout(120)
 def test_a_publish_to_a_redis_still_loading_its_data_raises_and_is_not_lost(
     private_redis: Any, producer: Callable[..., Celeriac],
@@ -404,15 +425,7 @@ def test_a_publish_to_a_redis_still_loading_its_data_raises_and_is_not_lost(
     retried), on the blocking connection of sync callers and on the pipelined one of
     coroutines alike: a publish that returned is in the queue."""
     url = private_redis.url
-    r = redis.Redis.from_url(url)
-    try:  # enough data that reading it back takes a while
-        for start in range(0, 1_500_000, 100_000):
-            r.eval("for i = ARGV[1], ARGV[1] + 99999 do redis.call('SET', 'filler:' .. i, 'x') end",
-                   0, start)
-        r.bgrewriteaof()
-        wait_for(lambda: r.info("persistence")["aof_rewrite_in_progress"] == 0, 60, "the AOF")
-    finally:
-        r.close()
+    fill_to_load_slowly(url)
     app = producer(url)
     app.conf.task_publish_retry = False
     app.send_task("capapp.add", (0, 0))  # connected before the restart
@@ -430,13 +443,7 @@ def test_a_publish_to_a_redis_still_loading_its_data_raises_and_is_not_lost(
     loop = asyncio.new_event_loop()
     try:
         r = redis.Redis.from_url(url)
-        while True:
-            try:
-                loading = bool(r.info("persistence")["loading"])
-            except redis.BusyLoadingError:
-                loading = True
-            if not loading:
-                break
+        while still_loading(r):
             try:
                 returned.append(app.send_task("capapp.add", (1, 1)).id)
             except BrokerConnectionError:
@@ -448,6 +455,36 @@ def test_a_publish_to_a_redis_still_loading_its_data_raises_and_is_not_lost(
     finally:
         loop.run_until_complete(app.aclose())
         loop.close()
+        r.close()
+
+
+@pytest.mark.timeout(120)
+async def test_an_ack_refused_by_a_redis_still_loading_is_sent_again(private_redis: Any) -> None:
+    """An ack (sent without waiting for its reply) that a restarted Redis refuses with
+    -LOADING was not applied: it is sent again until Redis serves, so its message does not
+    come back to run a second time once its lease lapses."""
+    url = private_redis.url
+    fill_to_load_slowly(url)
+    broker = RedisBroker(url)
+    await broker.connect()
+    r = redis.Redis.from_url(url)
+    try:
+        await broker.publish([Outgoing("celery", Envelope(b"[]", properties={"priority": 0}))])
+        got = await broker.fetch(["celery"], 1, 0)
+        assert len(got) == 1
+        private_redis.crash()
+        private_redis.start()
+        assert still_loading(r)
+        await broker.ack(got)  # on the dead connection: kept, to be sent again
+        with contextlib.suppress(BrokerError):  # a new connection: the ack goes first
+            await broker.fetch(["celery"], 1, 0)
+        assert still_loading(r)  # (the dataset is big enough to keep it loading meanwhile)
+        await asyncio.to_thread(wait_for, lambda: not still_loading(r), 60, "the load")
+        await asyncio.to_thread(wait_for, lambda: r.hlen("celeriac.inflight") == 0, 10,
+                                "the ack to land")
+        assert r.zcard("celeriac.leases") == 0 and r.llen("celery") == 0
+    finally:
+        await broker.close()
         r.close()
 
 
