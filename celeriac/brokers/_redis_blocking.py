@@ -18,11 +18,9 @@ from typing import Any
 
 import hiredis
 import redis
-from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, RedisError
 
-pack_command = hiredis.pack_command
+from celeriac.utils.redis_pipeline import first_error, new_reader, pack
 
 
 class BlockingClient:
@@ -54,8 +52,7 @@ class BlockingClient:
             sock, reader = self._sock, self._reader
             assert sock is not None and reader is not None
             try:
-                sock.sendall(pack_command(ops[0]) if len(ops) == 1
-                             else b"".join([pack_command(op) for op in ops]))
+                sock.sendall(pack(ops))
                 replies: list[Any] = []
                 while len(replies) < len(ops):
                     reply = reader.gets()
@@ -71,11 +68,9 @@ class BlockingClient:
                 # limit's signal): replies may be left unread, so the connection goes
                 self._drop()
                 raise
-        for reply in replies:
-            # an error reply: -LOADING (a restarted Redis reading its AOF) and -NOAUTH come as
-            # ConnectionError subclasses (the caller retries), the others as ResponseError
-            if isinstance(reply, RedisError):
-                raise reply
+        error = first_error(replies)  # -LOADING among them: the caller retries
+        if error is not None:
+            raise error
         return replies
 
     def _open(self) -> None:
@@ -85,8 +80,7 @@ class BlockingClient:
             conn.disconnect()
             raise RedisConnectionError("redis-py connection without a socket")
         self._conn, self._sock = conn, sock
-        self._reader = hiredis.Reader(protocolError=InvalidResponse,
-                                      replyError=BaseParser.parse_error)
+        self._reader = new_reader()
 
     def _drop(self) -> None:
         conn, self._conn, self._sock, self._reader = self._conn, None, None, None

@@ -126,7 +126,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from celeriac.brokers import _redact
@@ -145,7 +145,7 @@ from celeriac.config import redact_url
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError, DecodeError
 from celeriac.message import Delivery, Envelope, Outgoing, build_delivery
 from celeriac.protocol import kombu_envelope
-from celeriac.utils.redis_pipeline import Orphaned, Pipeline, ScriptCall, script_shas
+from celeriac.utils.redis_pipeline import Orphaned, Pipeline, ScriptCall, first_error
 from celeriac.utils.redis_urls import (
     SentinelAddress,
     close_pool,
@@ -511,7 +511,6 @@ class RedisBroker:
         }
         self._client: aioredis.Redis | None = None
         self._where = "Redis"
-        self._shas: dict[str, str] = {}
         self._pipe: Pipeline | None = None  # every non-blocking command goes on it
         self._blocking: BlockingClient | None = None  # publish_blocking's, made on first use
         self._declared: set[tuple[str, str, str]] = set()
@@ -546,9 +545,8 @@ class RedisBroker:
                 else f"Redis at {kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
             )
         client = aioredis.Redis(connection_pool=pool)
-        self._shas = script_shas(SCRIPTS)
         self._client = client
-        self._pipe = Pipeline(pool, SCRIPTS, self._shas)
+        self._pipe = Pipeline(pool, SCRIPTS)
         self._watches = ListWatches(pool)
         with self._errors("connect"):
             await self._call("PING")
@@ -718,7 +716,7 @@ class RedisBroker:
         ack = ("EVAL", SCRIPTS["ack"], len(keys), *keys, delivery.tag)
         with self._errors("defer", ops):
             replies = await self._execute([("MULTI",), *ops, ack, ("EXEC",)])
-        failed = next((r for r in replies[-1] or () if isinstance(r, ResponseError)), None)
+        failed = first_error(replies[-1] or ())
         if failed is not None or replies[-1] is None:
             raise BrokerError(f"{self!r}: deferring a message failed: {failed}")
 

@@ -28,11 +28,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from celeriac.utils.redis_urls import drop_connection
 
-__all__ = ["Orphaned", "Pipeline", "ScriptCall", "Sent", "pack_command", "script_shas"]
+__all__ = ["Orphaned", "Pipeline", "ScriptCall", "Sent", "first_error", "new_reader", "pack",
+           "script_shas"]
 
 log = logging.getLogger("celeriac.redis")
 
 pack_command = hiredis.pack_command
+#: what an unconfirmed or refused fire-and-forget script (a broker's ack) means
+_LAPSE_HINT = "its messages return after their lease"
 
 
 #: seconds a fire-and-forget script refused by a Redis not serving yet is sent again
@@ -42,6 +45,25 @@ REFUSED_RETRY_FOR = 60.0
 def script_shas(scripts: dict[str, str]) -> dict[str, str]:
     """The SHA1 of each script, as ``EVALSHA`` names it."""
     return {name: sha1(lua.encode()).hexdigest() for name, lua in scripts.items()}
+
+
+def pack(commands: Sequence[tuple[Any, ...]]) -> bytes:
+    """``commands`` in RESP, ready for one write."""
+    if len(commands) == 1:
+        packed: bytes = pack_command(commands[0])
+        return packed
+    return b"".join([pack_command(c) for c in commands])
+
+
+def new_reader() -> hiredis.Reader:
+    """A reply parser whose error replies come out as redis-py's exceptions (not raised)."""
+    return hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
+
+
+def first_error(replies: Sequence[Any]) -> RedisError | None:
+    """The first error reply. Every kind counts: redis-py types ``-LOADING`` (a restarted
+    Redis reading its data back) and ``-NOAUTH`` as ConnectionErrors, not ResponseErrors."""
+    return next((r for r in replies if isinstance(r, RedisError)), None)
 
 
 #: a script and its arguments: (name, keys, args)
@@ -72,30 +94,28 @@ class Sent:
 
 
 class Pipeline:
-    """One connection that carries every non-blocking command of a broker, pipelined.
+    """One connection that carries every non-blocking command of a broker (or of a result
+    backend), pipelined.
 
     Writers put their bytes on the socket at once (no lock, no waiting for an earlier reply)
     and, if they want the reply, await a future; one reader task reads the replies in order
     while anything is outstanding and hands each to its writer. Redis runs one connection's
     commands in the order sent, so whatever a caller sends after an ack sees the ack applied.
 
-    ``send`` returns once the bytes are written to the socket (see "Pipelined acks" in the
-    module docstring). NOSCRIPT is answered by sending the script itself (EVAL). A lost
+    ``script(wait=False)`` returns once the bytes are written to the socket (see "Pipelined
+    acks" in ``celeriac.brokers.redis``). NOSCRIPT is answered by sending the script itself (EVAL). A lost
     connection fails the awaited commands (their callers retry once) and keeps the unawaited
     ones to be sent again, once, first thing on the next connection.
     """
 
     RESEND_LIMIT = 100_000  # unconfirmed acks kept for the next connection
 
-    def __init__(self, pool: aioredis.ConnectionPool, scripts: dict[str, str],
-                 shas: dict[str, str] | None = None, *, closed_error: str = "the broker is closed",
-                 lapse_hint: str = "its messages return after their lease") -> None:
+    def __init__(self, pool: aioredis.ConnectionPool, scripts: dict[str, str], *,
+                 closed_error: str = "the broker is closed") -> None:
         self._pool = pool
         self._scripts = scripts
-        self._shas = shas if shas is not None else script_shas(scripts)
+        self._shas = script_shas(scripts)
         self._closed_error = closed_error
-        #: what an unconfirmed fire-and-forget script (an ack) means for its caller's data
-        self._lapse_hint = lapse_hint
         self._conn: AbstractConnection | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: deque[Sent] = deque()
@@ -174,15 +194,11 @@ class Pipeline:
         """Write ``sent`` now (no await: writes go out in the order of the pending queue)."""
         conn = self._conn
         assert conn is not None
-        cmds = sent.commands
         pending = self._pending
         if not pending:
             self._progress = time.monotonic()  # replies are awaited from now on
         pending.append(sent)
-        if len(cmds) == 1:
-            writer.write(pack_command(cmds[0]))
-        else:
-            writer.write(b"".join([pack_command(c) for c in cmds]))
+        writer.write(pack(sent.commands))
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(self._read(conn, writer))
         if self._watchdog is None and self._reply_timeout:
@@ -243,7 +259,7 @@ class Pipeline:
         ``_put`` bounds the wait instead). Redis sends nothing unasked on this connection, so
         while nothing is awaited the read simply waits."""
         stream = getattr(conn, "_reader", None)
-        parser = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
+        parser = new_reader()
         try:
             if not isinstance(stream, asyncio.StreamReader):
                 raise RedisConnectionError("redis-py connection without a stream reader")
@@ -276,9 +292,7 @@ class Pipeline:
                 self._reader = None
 
     def _settle(self, writer: asyncio.StreamWriter, sent: Sent) -> None:
-        # every error reply counts: -LOADING (a restarted Redis reading its AOF) and -NOAUTH
-        # come as ConnectionError subclasses, not ResponseError
-        error = next((r for r in sent.replies if isinstance(r, RedisError)), None)
+        error = first_error(sent.replies)
         if isinstance(error, NoScriptError) and sent.script is not None and not sent.evaled:
             name, keys, args = sent.script  # a new or restarted Redis: send the script itself
             sent.commands = [("EVAL", self._scripts[name], len(keys), *keys, *args)]
@@ -299,7 +313,7 @@ class Pipeline:
                 log.debug("a pipelined command was refused by Redis: %s", error)
             elif error is not None:
                 log.warning("a pipelined %s was refused by Redis (%s); %s", _what(sent), error,
-                            self._lapse_hint)
+                            _LAPSE_HINT)
         elif not fut.done():
             if error is not None:
                 fut.set_exception(error)
@@ -327,7 +341,7 @@ class Pipeline:
         writer = self._writer
         if self._closed:
             log.warning("a pipelined %s refused by Redis was not sent again before closing; %s",
-                        _what(sent), self._lapse_hint)
+                        _what(sent), _LAPSE_HINT)
         elif writer is None or writer.transport.is_closing():
             self._resend.append(sent)  # first thing on the next connection
         else:
@@ -357,7 +371,7 @@ class Pipeline:
                 self._resend.append(sent)
             else:
                 log.warning("a pipelined %s was not confirmed (%s); if Redis did not apply it, "
-                            "%s", _what(sent), exc, self._lapse_hint)
+                            "%s", _what(sent), exc, _LAPSE_HINT)
         if conn is not None:
             task = asyncio.get_running_loop().create_task(self._drop(conn))
             self._drops.add(task)
@@ -389,7 +403,7 @@ class Pipeline:
             await asyncio.gather(*self._drops, return_exceptions=True)
         for sent in self._resend:
             log.warning("a pipelined %s was not confirmed before closing; if Redis did not "
-                        "apply it, %s", _what(sent), self._lapse_hint)
+                        "apply it, %s", _what(sent), _LAPSE_HINT)
         self._resend = []
 
 
