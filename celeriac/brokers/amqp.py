@@ -12,6 +12,9 @@ one.
 **Publishing** writes a batch and awaits all the confirms together; a ``basic.return``
 (unroutable), a ``basic.nack`` or a confirm that does not come within ``publish_timeout``
 (RabbitMQ's memory alarm blocks publishers with ``connection.blocked``) raises ``BrokerError``.
+Sync code (``delay()`` from a script) publishes on a blocking channel of its own
+(``publish_blocking``, ``_amqp_blocking``) once a route is declared, with the same frames and
+the same errors, and no event loop turn per call.
 
 **Fetching.** With ``fetch_mode="consume"`` (the default: workers), a waiting ``fetch``
 starts consumers on its queues (QoS prefetch = the first ``max_count`` asked, per consumer, so
@@ -60,7 +63,7 @@ import aiormq.exceptions as amqp_errors
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from celeriac.brokers import _amqp_codec, _amqp_speedups
+from celeriac.brokers import _amqp_blocking, _amqp_codec, _amqp_speedups
 from celeriac.brokers import _amqp_topology as topo
 from celeriac.brokers._common import check_fetch_args, clamp_priority, positive_seconds, resolve_options
 from celeriac.brokers.base import DEFAULT_LEASE_SECONDS
@@ -225,6 +228,7 @@ class AMQPBroker:
         self._inflight: dict[str, int] = {}  # queue -> buffered + handed out
         self._background: set[asyncio.Task[Any]] = set()
         self._listeners: dict[str, Callable[[Envelope], None]] = {}
+        self._blocking: _amqp_blocking.BlockingChannel | None = None  # publish_blocking's
         _instances.add(self)
 
     def __repr__(self) -> str:
@@ -341,6 +345,9 @@ class AMQPBroker:
             if task is not None:
                 with contextlib.suppress(BaseException):
                     await task
+        blocking, self._blocking = self._blocking, None
+        if blocking is not None:
+            blocking.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             self._lost(conn)
@@ -472,19 +479,35 @@ class AMQPBroker:
             expiration=None if delayed or expiration is None else str(expiration),
         )
 
-    async def _route(self, out: Outgoing, now: float) -> tuple[str, str, spec.Basic.Properties]:
-        headers = dict(out.envelope.headers)
-        if out.not_before is not None and out.not_before - now > 0.005:
-            units = topo.delay_units(out.not_before - now, self.delay_unit)
+    def _delay_units(self, out: Outgoing, now: float) -> int | None:
+        """How many delay units ``out`` waits in the delay topology; None: not delayed."""
+        if out.not_before is None or out.not_before - now <= 0.005:
+            return None
+        return topo.delay_units(out.not_before - now, self.delay_unit)
+
+    def _route_declared(self, out: Outgoing, units: int | None) -> bool:
+        """Whether everything ``out`` is routed through is declared already."""
+        if units is not None:
+            return self._delay_levels.get(out.queue, -1) >= units.bit_length() - 1
+        return (out.queue, out.exchange or "", out.routing_key or out.queue) in self._routes
+
+    async def _declare_route(self, out: Outgoing, units: int | None) -> None:
+        if units is not None:
             await self._ensure_delay(out.queue, units)
-            headers[topo.H_NOT_BEFORE] = float(out.not_before)
+        else:
+            await self._ensure_queue(out.queue, out.exchange or "", out.routing_key or out.queue)
+
+    def _route(self, out: Outgoing, units: int | None) -> tuple[str, str, spec.Basic.Properties]:
+        """Exchange, routing key and properties of ``out`` (its route declared)."""
+        headers = dict(out.envelope.headers)
+        if units is not None:
+            headers[topo.H_NOT_BEFORE] = float(out.not_before)  # type: ignore[arg-type]
             props = self._properties(out, headers, delayed=True)
             if props.expiration is None and "expiration" in out.envelope.properties:
                 headers[topo.H_PROPS] = dict(out.envelope.properties)
             return (topo.delay_exchange(topo.DELAY_LEVELS - 1),
                     topo.delay_routing_key(units, out.queue), props)
         exchange = out.exchange or ""
-        await self._ensure_queue(out.queue, exchange, out.routing_key or out.queue)
         key = out.routing_key or out.queue if exchange else out.queue
         return exchange, key, self._properties(out, headers, delayed=False)
 
@@ -492,9 +515,39 @@ class AMQPBroker:
         if not messages:
             return
         now = time.time()
-        routed = [await self._route(out, now) for out in messages]
+        routed = []
+        for out in messages:
+            units = self._delay_units(out, now)
+            if not self._route_declared(out, units):
+                await self._declare_route(out, units)
+            routed.append(self._route(out, units))
         bodies = [out.envelope.body for out in messages]
         await self._publish_raw(list(zip(bodies, routed, strict=True)))
+
+    def publish_blocking(self, messages: Sequence[Outgoing]) -> bool:
+        """``publish`` from sync code on a blocking channel of its own (``_amqp_blocking``: no
+        event loop turn per call). False when a message's route is not declared yet (the
+        caller then runs ``publish``, which declares it), without publisher confirms (nothing
+        would read what the node sends back) or when the broker is closed."""
+        if self._closed or not self.confirm_publish:
+            return False
+        now = time.time()
+        items: list[_amqp_blocking.Item] = []
+        for out in messages:
+            units = self._delay_units(out, now)
+            if not self._route_declared(out, units):
+                return False
+            exchange, key, props = self._route(out, units)
+            if not props.message_id:
+                props.message_id = os.urandom(16).hex()
+            items.append((exchange, key, props, out.envelope.body))
+        channel = self._blocking
+        if channel is None:
+            channel = self._blocking = _amqp_blocking.BlockingChannel(
+                self.endpoint, timeout=self.publish_timeout, connect_timeout=self.connect_timeout,
+                idle_seconds=self.heartbeat)
+        channel.publish(items)
+        return True
 
     async def _publish_raw(self, items: list[tuple[bytes, tuple[str, str, spec.Basic.Properties]]],
                            mandatory: bool = True) -> None:

@@ -206,6 +206,7 @@ async def test_memory_alarm_blocks_publishers_then_raises(rabbitmq_node: Any, am
     await broker.connect()
     try:
         await broker.publish([Outgoing("alarm", Envelope(b"before"))])
+        assert broker.publish_blocking([Outgoing("alarm", Envelope(b"before, sync"))])
         await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.0000001)
         try:
             await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, True)
@@ -214,12 +215,19 @@ async def test_memory_alarm_blocks_publishers_then_raises(rabbitmq_node: Any, am
                 await broker.publish([Outgoing("alarm", Envelope(b"blocked"))])
             elapsed = time.monotonic() - start
             assert 1.2 <= elapsed < 5, elapsed
+            start = time.monotonic()  # the same from sync code, on the blocking channel
+            with pytest.raises(BrokerError, match=r"did not confirm .* \(blocked by RabbitMQ: "):
+                broker.publish_blocking([Outgoing("alarm", Envelope(b"blocked, sync"))])
+            elapsed = time.monotonic() - start
+            assert 1.2 <= elapsed < 5, elapsed
         finally:
             await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.4)
             await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, False)
+        assert broker.publish_blocking([Outgoing("alarm", Envelope(b"after, sync"))])
         await broker.publish([Outgoing("alarm", Envelope(b"after"))])
         got = [d.envelope.body for d in await broker.fetch(["alarm"], 10, 2.0)]
-        assert got[0] == b"before" and got[-1] == b"after"  # nothing dropped
+        # nothing dropped (a publish that raised may still have landed)
+        assert got[:2] == [b"before", b"before, sync"] and got[-2:] == [b"after, sync", b"after"]
     finally:
         await broker.close()
 

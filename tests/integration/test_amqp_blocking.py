@@ -1,0 +1,203 @@
+"""Publishing from sync code on RabbitMQ: the broker's blocking channel (``_amqp_blocking``),
+against a vhost of the session's private node."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import aiormq
+import pytest
+
+from celeriac import Celeriac
+from celeriac.brokers.amqp import AMQPBroker
+from celeriac.errors import BrokerError
+from celeriac.message import Envelope, Outgoing
+from celeriac.utils.sync import run_sync, thread_loop
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+
+def _admin(url: str, act: Callable[[aiormq.abc.AbstractChannel], Awaitable[Any]]) -> Any:
+    """Run ``act`` on a channel of a connection of its own (a loop of its own, too)."""
+
+    async def run() -> Any:
+        connection = await aiormq.connect(url)
+        try:
+            return await act(await connection.channel())
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
+
+
+def _take_all(url: str, queue: str) -> list[aiormq.abc.DeliveredMessage]:
+    async def take(channel: aiormq.abc.AbstractChannel) -> list[aiormq.abc.DeliveredMessage]:
+        got = []
+        while True:
+            message = await channel.basic_get(queue, no_ack=True)
+            if message.delivery_tag is None:
+                return got
+            got.append(message)
+
+    return list(_admin(url, take))
+
+
+@pytest.fixture
+def app(amqp_url: str) -> Iterator[Celeriac]:
+    app = Celeriac("blockingamqp", broker=amqp_url, backend="memory://blockingamqp")
+    yield app
+    app.close()
+
+
+def _broker(app: Celeriac) -> AMQPBroker:
+    broker = app._resources[thread_loop()].broker
+    assert isinstance(broker, AMQPBroker)
+    return broker
+
+
+def test_sync_sends_go_out_on_the_blocking_channel_in_order(app: Celeriac, amqp_url: str) -> None:
+    """The first send to a queue declares it (the async path); the next ones, ``send_many``
+    too, go out on the blocking channel, confirmed, in call order."""
+    sent = [app.send_task("t.add", (0, 0), queue="bq").id]
+    assert _broker(app)._blocking is None  # the route had to be declared first
+    sent += [app.send_task("t.add", (i, 1), queue="bq").id for i in range(20)]
+    sent += [r.id for r in app.send_many([app.signature("t.add", (i, 2), queue="bq")
+                                          for i in range(5)])]
+    blocking = _broker(app)._blocking
+    assert blocking is not None and blocking._sock is not None
+    # a countdown: the first declares the delay levels, the second goes out blocking
+    tags = blocking._tag
+    delayed = {app.send_task("t.add", (0, 3), queue="bq", countdown=0.5).id for _ in range(2)}
+    assert blocking._tag == tags + 1
+    assert [m.header.properties.headers["id"] for m in _take_all(amqp_url, "bq")] == sent
+    time.sleep(1.5)
+    assert {m.header.properties.headers["id"] for m in _take_all(amqp_url, "bq")} == delayed
+
+
+async def test_a_message_is_the_same_on_either_path(amqp_url: str) -> None:
+    """Properties, headers and body of a blocking publish are those of ``publish``."""
+    broker = AMQPBroker(amqp_url)
+    await broker.connect()
+    try:
+        envelope = Envelope(b'[[1, 2], {}, {}]', headers={"id": "x1", "task": "t.add"},
+                            properties={"correlation_id": "x1", "reply_to": "r1",
+                                        "delivery_mode": 2, "priority": 4})
+        out = Outgoing("same", envelope, priority=4)
+        await broker.publish([out])
+        assert broker.publish_blocking([out])
+    finally:
+        await broker.close()
+    first, second = await asyncio.to_thread(_take_all, amqp_url, "same")
+    assert first.body == second.body == envelope.body
+    a, b = (dict(m.header.properties) for m in (first, second))
+    assert a.pop("message_id") != b.pop("message_id")  # one per publish, as returns match it
+    assert a == b
+
+
+async def test_refusals_raise_and_the_next_publish_reopens(amqp_url: str) -> None:
+    """A message no queue takes (``mandatory``) and a channel closed by an error (an exchange
+    deleted under a declared route) raise ``BrokerError``; the channel is opened anew."""
+    broker = AMQPBroker(amqp_url)
+    await broker.connect()
+    try:
+        await broker.publish([Outgoing("gone", Envelope(b"a")), Outgoing("kept", Envelope(b"b")),
+                              Outgoing("kept", Envelope(b"x"), exchange="bx", routing_key="kept")])
+        assert broker.publish_blocking([Outgoing("kept", Envelope(b"c"))])
+
+        async def delete(channel: aiormq.abc.AbstractChannel) -> None:
+            await channel.queue_delete("gone")
+            await channel.exchange_delete("bx")
+
+        await asyncio.to_thread(_admin, amqp_url, delete)
+        with pytest.raises(BrokerError, match=r"1 message\(s\) unroutable \(exchange '' key 'gone'\)"):
+            broker.publish_blocking([Outgoing("gone", Envelope(b"d"))])
+        with pytest.raises(BrokerError, match="refused the publish: 404 NOT_FOUND"):
+            broker.publish_blocking([Outgoing("kept", Envelope(b"e"), exchange="bx",
+                                              routing_key="kept")])
+        assert broker._blocking is not None and broker._blocking._sock is None
+        assert broker.publish_blocking([Outgoing("kept", Envelope(b"f"))])
+    finally:
+        await broker.close()
+    got = await asyncio.to_thread(_take_all, amqp_url, "kept")
+    assert [m.body for m in got] == [b"b", b"x", b"c", b"f"]
+
+
+def test_a_connection_closed_by_rabbitmq_is_reopened_and_the_send_retried(
+    app: Celeriac, amqp_url: str, rabbitmq_node: Any,
+) -> None:
+    if rabbitmq_node is None:
+        pytest.skip("needs the private node (to close connections)")
+    first = app.send_task("t.add", (1, 1), queue="cut").id
+    second = app.send_task("t.add", (2, 2), queue="cut").id
+    blocking = _broker(app)._blocking
+    assert blocking is not None and blocking._sock is not None
+    old = blocking._sock
+    vhost = aiormq.connection.URL(amqp_url).path[1:].replace("%2F", "/") or "/"
+    rabbitmq_node.ctl("close_all_connections", "-p", vhost, "test closes it")
+    third = app.send_task("t.add", (3, 3), queue="cut").id  # retried per the default policy
+    assert blocking._sock is not None and blocking._sock is not old
+    assert [m.header.properties.headers["id"] for m in _take_all(amqp_url, "cut")] == \
+        [first, second, third]
+
+
+async def test_an_idle_connection_is_opened_anew_before_use(amqp_url: str) -> None:
+    """No heartbeats go out between calls: past the heartbeat interval the connection is
+    replaced rather than trusted (a firewall may have dropped it)."""
+    broker = AMQPBroker(amqp_url, heartbeat=1)
+    await broker.connect()
+    try:
+        await broker.publish([Outgoing("idle", Envelope(b"a"))])
+        assert broker.publish_blocking([Outgoing("idle", Envelope(b"b"))])
+        assert broker._blocking is not None
+        sock = broker._blocking._sock
+        assert broker.publish_blocking([Outgoing("idle", Envelope(b"c"))])
+        assert broker._blocking._sock is sock
+        await asyncio.sleep(1.3)
+        assert broker.publish_blocking([Outgoing("idle", Envelope(b"d"))])
+        assert broker._blocking._sock is not sock
+    finally:
+        await broker.close()
+    got = await asyncio.to_thread(_take_all, amqp_url, "idle")
+    assert [m.body for m in got] == [b"a", b"b", b"c", b"d"]
+
+
+@pytest.mark.timeout(120)
+def test_a_forked_child_publishes_on_a_connection_of_its_own(app: Celeriac, amqp_url: str) -> None:
+    """Parent and child publish at once after a fork, each on its own socket: every
+    confirm reaches its own publisher, and every message lands once."""
+    app.send_task("t.add", (0, 0), queue="forked")
+    app.send_task("t.add", (0, 0), queue="forked")  # the blocking channel is open
+    n = 200
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for i in range(n):
+                app.send_task("t.add", (i, 1), queue="forked")
+            code = 0
+        finally:
+            os._exit(code)
+    for i in range(n):
+        app.send_task("t.add", (i, 2), queue="forked")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+    async def size() -> int:
+        return await (await app.broker()).queue_size("forked")
+
+    assert run_sync(size()) == 2 * n + 2
+
+
+async def test_without_confirms_sync_sends_take_the_async_path(amqp_url: str) -> None:
+    broker = AMQPBroker(amqp_url, confirm_publish=False)
+    await broker.connect()
+    try:
+        await broker.publish([Outgoing("noconfirm", Envelope(b"a"))])
+        assert not broker.publish_blocking([Outgoing("noconfirm", Envelope(b"b"))])
+        assert broker._blocking is None
+    finally:
+        await broker.close()
