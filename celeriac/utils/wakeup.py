@@ -3,7 +3,8 @@
 A waiter binds a datagram Unix socket in a directory shared by every process using the same
 file; a writer, after its commit, sends one byte to each socket there. The waiter's event loop
 watches its socket, so an idle process sleeps in ``epoll`` (no polling, no CPU) and wakes
-within microseconds of a commit. Dead waiters' sockets refuse the datagram and are removed.
+within microseconds of a commit. Dead waiters' sockets refuse the datagram and are removed; the
+directory goes with its last socket (a waiter that finds it gone makes it again).
 
 Usage (the order prevents lost wakeups)::
 
@@ -79,6 +80,7 @@ class Notifier:
                 if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
                     with contextlib.suppress(OSError):
                         os.unlink(target)
+                    _remove_if_empty(self.directory)
                     self._seen_mtime = None
 
     def close(self) -> None:
@@ -90,11 +92,19 @@ class Listener:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = str(directory / f"{os.getpid()}-{next(_counter)}-{id(self):x}.sock")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
-        self._sock.bind(self.path)
+        for attempt in itertools.count():
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                self._sock.bind(self.path)
+                break
+            except FileNotFoundError:
+                # the last listener left and removed the directory between the two steps
+                if attempt >= 10:
+                    self._sock.close()
+                    raise
         self._event = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._sock.fileno(), self._on_readable)
@@ -128,3 +138,10 @@ class Listener:
         self._sock.close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+        _remove_if_empty(self.directory)
+
+
+def _remove_if_empty(directory: Path) -> None:
+    """Remove ``directory`` if no socket is left in it (else leave it: ``ENOTEMPTY``)."""
+    with contextlib.suppress(OSError):
+        os.rmdir(directory)
