@@ -24,8 +24,9 @@ from celeriac.backends.base import ResultBackend
 from celeriac.brokers.base import BlockingPublisher, Broker
 from celeriac.config import Config
 from celeriac.errors import BrokerConnectionError, ConfigurationError, NotRegistered
-from celeriac.message import Outgoing, TaskMessage
+from celeriac.message import Outgoing, TaskMessage, build_outgoing, plain_task_message
 from celeriac.protocol import encode_many, encode_task
+from celeriac.result import AsyncResult
 from celeriac.routing import ROUTE_KEYS, compile_routes, is_static_router, resolve_route
 from celeriac.task import SEND_OPTIONS, TASK_OPTIONS, check_options, make_task
 from celeriac.task import Task as BaseTask
@@ -34,7 +35,6 @@ from celeriac.utils.sync import on_thread_end, run_sync, thread_loop
 
 if TYPE_CHECKING:
     from celeriac.canvas import Signature
-    from celeriac.result import AsyncResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -428,21 +428,14 @@ class Celeriac:
                 delivery_mode=int(get("delivery_mode") or 2),
             )
         else:  # the common case, kept short: delay(*args)
-            message = TaskMessage(
-                id=task_id, task=name, args=tuple(args or ()), kwargs=dict(kwargs or {}),
-                root_id=task_id, expires=expires_at, timelimit=(time_limit, soft_time_limit),
-                origin=self.origin, ignore_result=bool(ignore_result), reply_to=self.oid,
-                correlation_id=task_id, priority=priority,
+            message = plain_task_message(
+                task_id, name, tuple(args or ()), dict(kwargs or {}), expires_at,
+                (time_limit, soft_time_limit), self.origin, bool(ignore_result), self.oid,
+                priority,
             )
         envelope = encode_task(message, serializer=serializer, compression=compression)
-        outgoing = Outgoing(
-            queue=queue,
-            envelope=envelope,
-            priority=priority,
-            not_before=eta.timestamp() if eta is not None else None,
-            exchange=exchange,
-            routing_key=routing_key,
-        )
+        outgoing = build_outgoing(queue, envelope, priority,
+                                  None if eta is None else eta.timestamp(), exchange, routing_key)
         return message, outgoing
 
     async def asend_task(
@@ -453,8 +446,6 @@ class Celeriac:
         **options: Any,
     ) -> AsyncResult[Any]:
         """Send a task by name; returns once the broker holds the message."""
-        from celeriac.result import AsyncResult
-
         task = options.pop("task", None)
         message, outgoing = self.prepare(name, args, kwargs, task=task, **options)
         await self.publish([outgoing], options.get("retry"), options.get("retry_policy"))
@@ -511,7 +502,7 @@ class Celeriac:
         if broker is None:
             run_sync(self.publish(messages, retry, retry_policy))
             return
-        pauses = self._publish_pauses(retry, retry_policy)
+        pauses: Iterator[float] | None = None  # made on the first failure: most calls have none
         attempts = 1
         while True:
             try:
@@ -519,6 +510,8 @@ class Celeriac:
                     run_sync(self.publish(messages, retry, retry_policy))
                 return
             except BrokerConnectionError as exc:
+                if pauses is None:
+                    pauses = self._publish_pauses(retry, retry_policy)
                 pause = next(pauses, None)
                 if pause is None:
                     raise _publish_failed(exc, attempts) from exc
@@ -528,10 +521,7 @@ class Celeriac:
     def _blocking_broker(self) -> BlockingPublisher | None:
         """This thread's broker (the running loop's, else this thread's loop's, connected on
         first use) if it can publish without an event loop turn."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = thread_loop()
+        loop = asyncio._get_running_loop() or thread_loop()  # None, not an exception, if none
         res = self._resources.get(loop)
         if res is None or not res.connected:
             if loop.is_running():
@@ -547,8 +537,6 @@ class Celeriac:
         **options: Any,
     ) -> AsyncResult[Any]:
         """Send a task by name (it need not be registered here)."""
-        from celeriac.result import AsyncResult
-
         task = options.pop("task", None)
         message, outgoing = self.prepare(name, args, kwargs, task=task, **options)
         self.publish_sync([outgoing], options.get("retry"), options.get("retry_policy"))
@@ -570,8 +558,6 @@ class Celeriac:
         return self._results(ids)
 
     def _results(self, ids: list[tuple[str, str]]) -> list[AsyncResult[Any]]:
-        from celeriac.result import AsyncResult
-
         return [AsyncResult(task_id, app=self, task_name=name) for task_id, name in ids]
 
     def _prepare_many(self, signatures: Iterable[Signature]
@@ -619,8 +605,6 @@ class Celeriac:
 
     # ---- results ------------------------------------------------------------------------
     def AsyncResult(self, task_id: str, task_name: str | None = None) -> AsyncResult[Any]:
-        from celeriac.result import AsyncResult
-
         return AsyncResult(task_id, app=self, task_name=task_name)
 
     def signature(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Signature:

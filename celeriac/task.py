@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import random
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -62,6 +63,28 @@ def check_options(given: Iterable[str], known: frozenset[str], what: str) -> Non
             raise ConfigurationError(f"unknown {what} option {name!r}{hint}")
 
 
+def positional_arity(sig: inspect.Signature, bound: bool) -> tuple[int, int] | None:
+    """(fewest, most) positional arguments for which a call with no keyword arguments binds
+    to ``sig`` (``bound``: the task itself is passed first); None when the count alone does
+    not decide it (a keyword-only parameter without a default)."""
+    fewest = most = 0
+    for param in sig.parameters.values():
+        kind = param.kind
+        if kind is param.POSITIONAL_ONLY or kind is param.POSITIONAL_OR_KEYWORD:
+            most += 1
+            if param.default is param.empty:
+                fewest = most
+        elif kind is param.VAR_POSITIONAL:
+            most = sys.maxsize
+        elif kind is param.KEYWORD_ONLY and param.default is param.empty:
+            return None
+    if bound:
+        if most == 0:
+            return None
+        fewest, most = max(fewest - 1, 0), most - 1
+    return fewest, most
+
+
 class Task(Generic[P, R]):
     """A registered task. Subclass it and pass ``base=`` to share behaviour between tasks."""
 
@@ -96,6 +119,9 @@ class Task(Generic[P, R]):
     throws: tuple[type[BaseException], ...] = ()
     send_events: bool = True
     trail: bool = True
+    #: (fewest, most) positional arguments that bind to the function when no keyword
+    #: argument is given, if that is all it takes (see ``positional_arity``)
+    _arity: tuple[int, int] | None = None
 
     def __init__(self) -> None:
         self._fun: Callable[..., Any] | None = None
@@ -121,6 +147,8 @@ class Task(Generic[P, R]):
                 self._signature = None
         else:
             self._signature = None
+        if self._signature is not None:
+            self._arity = positional_arity(self._signature, self.bind)
 
     def _app(self) -> Celeriac:
         if self.app is not None:
@@ -148,6 +176,9 @@ class Task(Generic[P, R]):
         """Fail early, on the caller's side, when the arguments cannot bind to the task."""
         sig = self._signature
         if sig is None:
+            return
+        arity = self._arity
+        if arity is not None and not kwargs and arity[0] <= len(args) <= arity[1]:
             return
         try:
             if self.bind:

@@ -32,6 +32,7 @@ from pamqp.header import ProtocolHeader
 from celeriac.brokers import _amqp_codec
 from celeriac.brokers import _amqp_topology as topo
 from celeriac.errors import BrokerConnectionError, BrokerError
+from celeriac.utils import forks
 
 #: The one channel this connection opens.
 CHANNEL = 1
@@ -61,17 +62,17 @@ class BlockingChannel:
         self._max_content = 131072 - 8
         self._blocked: str | None = None  # connection.blocked's reason, until unblocked
         self._used = 0.0
-        self._pid = os.getpid()
+        self._forks = forks.generation()
         self._lock = threading.Lock()
 
     def publish(self, items: Sequence[Item], mandatory: bool = True) -> None:
         """Write ``items`` together; return once the node confirmed every one."""
-        if self._pid != os.getpid():
+        if self._forks != forks.generation():
             # forked: the socket is the parent's (leave it be), and the lock may have been
             # held by a parent thread that does not exist here
             self._lock = threading.Lock()
             self._sock = None
-            self._pid = os.getpid()
+            self._forks = forks.generation()
         with self._lock:
             now = time.monotonic()
             if self._sock is not None and self.idle_seconds is not None \

@@ -598,16 +598,18 @@ class RedisBroker:
         again with the next publish."""
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            if ops:
-                self._declared.clear()
-            raise BrokerConnectionError(
-                f"{self._where} unreachable while trying to {doing}: {exc}"
-            ) from exc
-        except RedisError as exc:
-            if ops:
-                self._declared.clear()
-            raise BrokerError(f"{self._where} failed to {doing}: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise self._broker_error(doing, ops, exc) from exc
+
+    def _broker_error(self, doing: str, ops: Sequence[tuple[Any, ...]],
+                      exc: RedisError | OSError) -> BrokerError:
+        """What ``_errors`` raises for ``exc``."""
+        if ops:
+            self._declared.clear()
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+            return BrokerConnectionError(
+                f"{self._where} unreachable while trying to {doing}: {exc}")
+        return BrokerError(f"{self._where} failed to {doing}: {exc}")
 
 
     # -- encoding -----------------------------------------------------------------------
@@ -704,8 +706,10 @@ class RedisBroker:
                 return False  # sentinel: the async pool follows failovers; use ``publish``
             blocking = self._blocking = BlockingClient(self._conn_url, self._pool_options)
         ops = self._publish_ops(messages)
-        with self._errors("publish", ops):
+        try:  # not ``_errors``: a generator-based context manager costs a microsecond a call
             blocking.run(ops)
+        except (RedisError, OSError) as exc:
+            raise self._broker_error("publish", ops, exc) from exc
         return True
 
     async def defer(self, delivery: Delivery, not_before: float) -> None:

@@ -48,6 +48,7 @@ __all__ = [
 _OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 _ATOMIC = frozenset({str, int, float, bool, type(None)})
 _CONTAINERS = frozenset({list, tuple, dict})
+_CONTAINER_TYPES = (list, tuple, dict)  # isinstance on a tuple: a few times a union's speed
 _MARKER = b'"__type__"'
 
 
@@ -103,14 +104,14 @@ def _has_uuid(obj: Any) -> bool:
                     push(v)
             elif isinstance(v, uuid.UUID):
                 return True
-            elif isinstance(v, list | tuple | dict):
+            elif isinstance(v, _CONTAINER_TYPES):
                 push(v)
     return False
 
 
 def json_dumps(obj: Any) -> bytes:
     """Serialize to JSON bytes with kombu's type markers."""
-    if isinstance(obj, list | tuple | dict):
+    if isinstance(obj, _CONTAINER_TYPES):
         if _has_uuid(obj):
             return _stdlib_dumps(obj)
     elif isinstance(obj, uuid.UUID):

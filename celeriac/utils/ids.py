@@ -19,8 +19,8 @@ _refill = threading.Lock()
 
 
 def new_id() -> str:
-    """A random (version 4) UUID as a string; about half the cost of one made alone, and a
-    fifth of ``str(uuid.uuid4())``'s."""
+    """A random (version 4) UUID as a string, at about a tenth of ``str(uuid.uuid4())``'s
+    cost."""
     try:
         return _ready.pop()
     except IndexError:
@@ -30,13 +30,29 @@ def new_id() -> str:
         return new_id()
 
 
+#: byte maps that set the version (4) and variant (RFC 4122) bits of a random byte
+_VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))
+_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
+#: (offset in the text, hex digits) of the five groups of a UUID's text
+_GROUPS = ((0, 8), (9, 4), (14, 4), (19, 4), (24, 12))
+
+
 def _make(count: int) -> list[str]:
+    """``count`` ids, laid out all at once: each hex digit column is copied for every id in
+    one strided slice assignment (36 of them a batch, instead of five slices and a format
+    per id), then one ``split`` cuts the text."""
     raw = bytearray(os.urandom(16 * count))
-    raw[6::16] = bytes((b & 0x0F) | 0x40 for b in raw[6::16])  # version 4
-    raw[8::16] = bytes((b & 0x3F) | 0x80 for b in raw[8::16])  # RFC 4122 variant
-    h = raw.hex()
-    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
-            for i in range(0, len(h), 32)]
+    raw[6::16] = raw[6::16].translate(_VERSION)
+    raw[8::16] = raw[8::16].translate(_VARIANT)
+    digits = raw.hex().encode("ascii")
+    text = bytearray(b"-" * (37 * count))  # 36 characters and a newline per id
+    src = 0
+    for dst, width in _GROUPS:
+        for j in range(width):
+            text[dst + j::37] = digits[src + j::32]
+        src += width
+    text[36::37] = b"\n" * count
+    return text[:-1].decode("ascii").split("\n")
 
 
 os.register_at_fork(after_in_child=_ready.clear)

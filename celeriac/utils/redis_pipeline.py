@@ -63,7 +63,10 @@ def new_reader() -> hiredis.Reader:
 def first_error(replies: Sequence[Any]) -> RedisError | None:
     """The first error reply. Every kind counts: redis-py types ``-LOADING`` (a restarted
     Redis reading its data back) and ``-NOAUTH`` as ConnectionErrors, not ResponseErrors."""
-    return next((r for r in replies if isinstance(r, RedisError)), None)
+    for reply in replies:
+        if isinstance(reply, RedisError):
+            return reply
+    return None
 
 
 #: a script and its arguments: (name, keys, args)

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from celeriac import Celeriac
+from celeriac.brokers._redis_blocking import BlockingClient
 from celeriac.brokers.redis import RedisBroker
 from celeriac.errors import BrokerConnectionError, BrokerError
 from celeriac.message import Envelope, Outgoing
@@ -226,6 +227,24 @@ def test_the_blocking_connection_closed_by_redis_is_replaced_and_the_send_retrie
     finally:
         r.close()
     assert [e["headers"]["id"] for e in entries] == [first, second, third]
+
+
+def test_the_blocking_connection_keeps_its_socket_timeout(redis_url: str) -> None:
+    """A reply that does not come within ``socket_timeout`` fails the call with
+    ``TimeoutError`` (the kernel times the wait: the socket is blocking in Python's eyes), and
+    the next call runs on a new connection."""
+    client = BlockingClient(redis_url, {"socket_timeout": 0.3, "socket_connect_timeout": 5})
+    try:
+        assert client.run([("PING",)]) == [b"PONG"]
+        sock = client._sock
+        assert sock is not None and sock.gettimeout() is None
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            client.run([("BLPOP", "never-filled", 5)])  # Redis answers after 5 s
+        assert 0.2 < time.monotonic() - start < 3
+        assert client.run([("PING",)]) == [b"PONG"] and client._sock is not sock
+    finally:
+        client.close()
 
 
 @pytest.mark.timeout(120)

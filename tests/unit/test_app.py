@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 import celeriac
 from celeriac import Celeriac, Celery, ConfigurationError, NotRegistered, shared_task
 from celeriac.protocol import decode_task
+from celeriac.task import positional_arity
 from celeriac.utils.sync import run_sync
 
 
@@ -73,6 +75,30 @@ def test_wrong_arguments_fail_on_the_caller_side(app: Celeriac) -> None:
 
     with pytest.raises(TypeError, match="missing a required argument"):
         f.delay()
+
+
+def _plain(a: Any, b: Any = 1, /, c: Any = 2, *rest: Any, d: Any = 3, **extra: Any) -> None: ...
+def _kw_only(a: Any, *, k: Any) -> None: ...
+def _optional(a: Any = 1, b: Any = 2) -> None: ...
+def _none() -> None: ...
+def _bound(self: Any, a: Any, b: Any = 1) -> None: ...
+def _bound_var(self: Any, *a: Any) -> None: ...
+
+
+@pytest.mark.parametrize("fun", [_plain, _kw_only, _optional, _none, _bound, _bound_var])
+@pytest.mark.parametrize("bind", [False, True])
+def test_the_positional_count_shortcut_agrees_with_signature_bind(fun: Any, bind: bool) -> None:
+    sig = inspect.signature(fun)
+    arity = positional_arity(sig, bind)
+    for n in range(6):
+        args = (None,) * n
+        try:
+            sig.bind(*((None, *args) if bind else args))
+            binds = True
+        except TypeError:
+            binds = False
+        if arity is not None:
+            assert (arity[0] <= n <= arity[1]) == binds, n
 
 
 def test_delay_publishes_protocol_v2(app: Celeriac) -> None:

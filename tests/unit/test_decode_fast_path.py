@@ -18,10 +18,13 @@ from celeriac.errors import DecodeError
 from celeriac.message import (
     Delivery,
     Envelope,
+    Outgoing,
     TaskMessage,
     build_delivery,
     build_envelope,
+    build_outgoing,
     build_task_message,
+    plain_task_message,
 )
 from celeriac.protocol import decode_task, encode_task
 from celeriac.protocol.v2 import _decode_v2_checked, decode_v2
@@ -66,6 +69,19 @@ def test_builders_equal_the_constructors() -> None:
     env = build_envelope(b"x", "application/json", "utf-8", {"h": 1}, {"p": 2})
     assert env == Envelope(b"x", "application/json", "utf-8", {"h": 1}, {"p": 2})
     assert build_delivery(env, "q", 5, 2, 3) == Delivery(env, "q", 5, 2, 3)
+    assert build_outgoing("q", env, 3, 1.5, "ex", "rk") == Outgoing("q", env, 3, 1.5, "ex", "rk")
+
+
+def test_plain_task_message_is_the_keyword_constructor_with_defaults() -> None:
+    built = plain_task_message("id-1", "proj.add", (1,), {"k": 2}, None, (10, None),
+                               "gen1@host", True, "reply", 3)
+    assert built == TaskMessage(
+        id="id-1", task="proj.add", args=(1,), kwargs={"k": 2}, root_id="id-1",
+        timelimit=(10, None), origin="gen1@host", ignore_result=True, reply_to="reply",
+        correlation_id="id-1", priority=3,
+    )
+    other = plain_task_message("id-2", "t", (), {}, None, (None, None), "o", False, "r", 0)
+    assert built.stamps is not other.stamps and built.extra_headers is not other.extra_headers
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
