@@ -74,6 +74,9 @@ class RabbitMQNode:
             "RABBITMQ_CONFIG_FILE": f"{b}/rabbitmq",
             "RABBITMQ_ADVANCED_CONFIG_FILE": f"{b}/advanced.config",
             "RABBITMQ_CONF_ENV_FILE": f"{b}/rabbitmq-env.conf",
+            # no busy-waiting schedulers: on a small shared machine they burn the CPU the
+            # clients need (RabbitMQ's advice for shared and virtualised hosts)
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+sbwt none +sbwtdcpu none +sbwtdio none",
         }
 
     def ctl(self, *args: str, timeout: float = 60.0) -> str:

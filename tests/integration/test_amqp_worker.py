@@ -253,3 +253,24 @@ async def test_coroutines_sending_together_first_open_one_connection(amqp_url: s
         assert await broker.queue_size("together") == 20
     finally:
         await app.aclose()
+
+
+async def test_consumer_takes_empty_small_and_multi_frame_bodies(amqp_url: str) -> None:
+    """Deliveries pushed to a consumer come whole whatever their size: no body, a small one,
+    and one longer than a frame (several body frames), interleaved."""
+    bodies = [b"", b"x" * 100, bytes(range(256)) * 2000, b"", b"y"] * 20
+    broker = AMQPBroker(amqp_url)
+    await broker.connect()
+    try:
+        await broker.publish([Outgoing("sizes", Envelope(body, headers={"i": i}))
+                              for i, body in enumerate(bodies)])
+        got: list[Any] = []
+        while len(got) < len(bodies):
+            batch = await broker.fetch(["sizes"], 8, 10.0)
+            assert batch
+            await broker.ack(batch)
+            got += batch
+        assert [d.envelope.body for d in got] == bodies
+        assert [d.envelope.headers["i"] for d in got] == list(range(len(bodies)))
+    finally:
+        await broker.close()
