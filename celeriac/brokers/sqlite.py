@@ -353,6 +353,17 @@ class SQLiteBroker:
         if changed:
             self._notify()
 
+    async def defer(self, delivery: Delivery, not_before: float) -> None:
+        """Send a held message back to wait until ``not_before`` (see ``base.Defers``): one
+        UPDATE makes its row a delayed one (not ready, visible at ``not_before``), its take
+        not counted as a delivery. A delivery no longer held (its lease lapsed and it was
+        taken again) changes nothing."""
+        changed = await self._database().write("defer", lambda db: self._fenced(
+            db, "ready = 0, visible_at = ?, deliveries = deliveries - 1", (not_before,),
+            [delivery]))
+        if changed:
+            self._notify()  # idle fetches work out the next due time again
+
     async def renew(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from celeriac.brokers.base import Broker
+from celeriac.brokers.base import Broker, Defers
 from celeriac.message import Delivery, Envelope, Outgoing
 
 #: Lease used by the checks that wait for leases to lapse (short, to keep the kit fast).
@@ -395,6 +395,27 @@ async def check_not_before(h: BrokerHarness) -> None:
     assert delay * 0.9 <= elapsed < delay + 1.0, elapsed
 
 
+async def check_defer_holds_until_due_and_releases_at_once(h: BrokerHarness) -> None:
+    """``Defers`` (optional): a held message sent back to wait is gone from the fetchable
+    and held ones at once, and comes out once when due, as a first delivery."""
+    b = await h.new()
+    if not isinstance(b, Defers):
+        return
+    delay = 0.6
+    await b.publish([out("q", "later"), out("q", "next")])
+    held = await b.fetch(["q"], 1, 0)
+    start = time.monotonic()
+    await b.defer(held[0], time.time() + delay)
+    assert bodies(await b.fetch(["q"], 10, 0)) == [b"next"]
+    assert await b.queue_size("q") == 2
+    got = await b.fetch(["q"], 10, 5.0)
+    elapsed = time.monotonic() - start
+    assert bodies(got) == [b"later"] and got[0].deliveries == 1
+    assert delay * 0.9 <= elapsed < delay + 1.0, elapsed
+    await b.ack(got)
+    assert await b.fetch(["q"], 10, 0.3) == []
+
+
 async def check_not_before_wakes_across_instances(h: BrokerHarness) -> None:
     consumer = await h.new()
     producer = await h.new()
@@ -557,6 +578,7 @@ CHECKS: list[Check] = [
     check_dead_letter,
     check_not_before,
     check_not_before_wakes_across_instances,
+    check_defer_holds_until_due_and_releases_at_once,
     check_purge,
     check_queue_size,
     check_publish_nothing,
