@@ -9,9 +9,12 @@ publishes and reads the acks.
 
 The connection negotiates no heartbeat (nothing would answer one between calls); one left idle
 longer than ``idle_seconds`` is opened anew before it is used, so a connection a firewall or
-the node dropped in the meantime is never written to. Errors: a lost connection raises
-``BrokerConnectionError`` (the caller retries per its policy), a refusal by the node (an
-unroutable message, a nack, a channel closed by an error) ``BrokerError``, as ``publish``.
+the node dropped in the meantime is never written to. Each new connection first declares again
+what the broker has declared (``declarations``), as the broker's own reconnect does: a node
+restarted without a queue gets it back before a publish needs it. Errors: a lost connection
+raises ``BrokerConnectionError`` (the caller retries per its policy), a refusal by the node (an
+unroutable message, a nack, a channel closed by an error) ``BrokerError``, as ``publish``; a
+publish not confirmed within ``timeout`` raises ``BrokerError`` (it may still land).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pamqp import commands as spec
@@ -51,8 +54,12 @@ class BlockingChannel:
     one thread at a time; a forked child opens its own."""
 
     def __init__(self, endpoint: topo.Endpoint, *, timeout: float, connect_timeout: float,
-                 idle_seconds: float | None) -> None:
+                 idle_seconds: float | None,
+                 declarations: Callable[[], Sequence[tuple[Any, ...]]] = list) -> None:
+        """``declarations``: what to declare on each new connection, in order (the items of
+        ``_amqp_topology.declare_frame``)."""
         self.endpoint = endpoint
+        self.declarations = declarations
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.idle_seconds = idle_seconds
@@ -90,8 +97,11 @@ class BlockingChannel:
                 sock.sendall(payload)
                 first = self._tag + 1
                 self._tag += len(items)
-                self._await_confirms(first, self._tag)
+                self._await_confirms(first, self._tag, time.monotonic() + self.timeout)
                 self._used = time.monotonic()
+            except BrokerError:
+                self._used = time.monotonic()  # refused, every reply read: still in step
+                raise
             except _Refused as exc:
                 self._drop()
                 raise BrokerError(f"RabbitMQ refused the publish: {exc}") from None
@@ -111,14 +121,14 @@ class BlockingChannel:
                 self._drop()
                 raise
 
-    def _await_confirms(self, first: int, last: int) -> None:
+    def _await_confirms(self, first: int, last: int, deadline: float) -> None:
         """Read until every tag in ``first..last`` is acked or nacked (in any order); a
         ``basic.return`` (unroutable, sent before its ack) or a nack raises once all are in."""
         pending = set(range(first, last + 1))
         nacked = False
         returned: list[spec.Basic.Return] = []
         while pending:
-            frame = self._read()
+            frame = self._read(deadline)
             if isinstance(frame, spec.Basic.Ack | spec.Basic.Nack):
                 tag = frame.delivery_tag
                 settled = {t for t in pending if t <= tag} if frame.multiple else {tag} & pending
@@ -126,7 +136,7 @@ class BlockingChannel:
                 nacked = nacked or (isinstance(frame, spec.Basic.Nack) and bool(settled))
             elif isinstance(frame, spec.Basic.Return):
                 returned.append(frame)
-                self._skip_content()
+                self._skip_content(deadline)
         if returned:
             frame = returned[0]
             raise BrokerError(
@@ -135,14 +145,15 @@ class BlockingChannel:
         if nacked:
             raise BrokerError("RabbitMQ refused (nacked) a message")
 
-    def _skip_content(self) -> None:
+    def _skip_content(self, deadline: float) -> None:
         """Read past the content header and body frames that follow a ``basic.return``."""
-        remaining = int(self._read().body_size)
+        remaining = int(self._read(deadline).body_size)
         while remaining > 0:
-            remaining -= len(self._read().value)
+            remaining -= len(self._read(deadline).value)
 
-    def _read(self) -> Any:
-        """The next frame on our channel; connection-level frames are handled here."""
+    def _read(self, deadline: float) -> Any:
+        """The next frame on our channel, by ``deadline`` (``time.monotonic()``; else
+        ``TimeoutError``); connection-level frames are handled here."""
         sock = self._sock
         assert sock is not None
         buf = self._buf
@@ -155,6 +166,10 @@ class BlockingChannel:
                     frame = _amqp_codec.unmarshal(data)[2]
                     if not self._control(frame):
                         return frame
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out")
+            sock.settimeout(left)
             chunk = sock.recv(65536)
             if not chunk:
                 raise ConnectionError("connection closed by RabbitMQ")
@@ -182,8 +197,8 @@ class BlockingChannel:
         assert sock is not None
         sock.sendall(b"".join(pamqp_frame.marshal(f, channel) for f in frames))
 
-    def _expect(self, kind: type) -> Any:
-        frame = self._read()
+    def _expect(self, kind: type, deadline: float) -> Any:
+        frame = self._read(deadline)
         if not isinstance(frame, kind):
             raise ConnectionError(f"expected {kind.__name__} from RabbitMQ, got {frame.name}")
         return frame
@@ -202,8 +217,8 @@ class BlockingChannel:
                 sock = ssl.create_default_context().wrap_socket(
                     sock, server_hostname=self.endpoint.host)
             self._sock, self._buf, self._tag, self._blocked = sock, bytearray(), 0, None
-            self._handshake()
-            sock.settimeout(self.timeout)
+            self._handshake(time.monotonic() + self.connect_timeout)
+            self._declare(time.monotonic() + self.timeout)
         except _Refused as exc:
             self._drop()
             raise BrokerError(f"open a channel on {where}: {exc}") from None
@@ -214,28 +229,39 @@ class BlockingChannel:
             self._drop()
             raise
 
-    def _handshake(self) -> None:
+    def _handshake(self, deadline: float) -> None:
         sock = self._sock
         assert sock is not None
         sock.sendall(pamqp_frame.marshal(ProtocolHeader(), 0))
-        self._expect(spec.Connection.Start)
+        self._expect(spec.Connection.Start, deadline)
         capabilities: dict[str, Any] = {"publisher_confirms": True, "basic.nack": True,
                         "connection.blocked": True, "authentication_failure_close": True}
         self._send(0, spec.Connection.StartOk(
             client_properties={"product": "celeriac", "capabilities": capabilities,
                                "connection_name": f"celeriac publisher pid {os.getpid()}"},
             mechanism="PLAIN", response=f"\0{self.endpoint.user}\0{self.endpoint.password}"))
-        tune = self._expect(spec.Connection.Tune)
+        tune = self._expect(spec.Connection.Tune, deadline)
         frame_max = tune.frame_max or 131072
         self._max_content = frame_max - 8
         self._send(0, spec.Connection.TuneOk(channel_max=tune.channel_max, frame_max=frame_max,
                                              heartbeat=0))
         self._send(0, spec.Connection.Open(virtual_host=self.endpoint.vhost))
-        self._expect(spec.Connection.OpenOk)
+        self._expect(spec.Connection.OpenOk, deadline)
         self._send(CHANNEL, spec.Channel.Open())
-        self._expect(spec.Channel.OpenOk)
+        self._expect(spec.Channel.OpenOk, deadline)
         self._send(CHANNEL, spec.Confirm.Select())
-        self._expect(spec.Confirm.SelectOk)
+        self._expect(spec.Confirm.SelectOk, deadline)
+
+    def _declare(self, deadline: float) -> None:
+        """Declare ``declarations`` again, written together, then read every answer."""
+        frames = [topo.declare_frame(item) for item in self.declarations()]
+        if not frames:
+            return
+        self._send(CHANNEL, *frames)
+        for frame in frames:
+            answer = self._read(deadline)
+            if answer.name != f"{frame.name}Ok":
+                raise ConnectionError(f"expected {frame.name}Ok from RabbitMQ, got {answer.name}")
 
     def _drop(self) -> None:
         sock, self._sock = self._sock, None

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from pamqp import commands as spec
+
 from celeriac.errors import ConfigurationError
 
 DELAY_LEVELS = 32
@@ -237,3 +239,24 @@ def level_binding(level: int, bit: str, queue: str | None) -> str:
 
 def out_binding(queue: str) -> str:
     return ".".join(["*"] * DELAY_LEVELS + [queue])
+
+
+def declare_frame(item: tuple[Any, ...]) -> Any:
+    """The AMQP method frame of one declaration as the broker logs it: ``("exchange", name,
+    type, durable)``, ``("queue", name, arguments, durable, auto_delete)``, ``("bind", queue,
+    exchange, key)`` or ``("e2e", destination, source, key)`` (an exchange-to-exchange bind)."""
+    kind = item[0]
+    if kind == "exchange":
+        _, name, ex_type, durable = item
+        return spec.Exchange.Declare(exchange=name, exchange_type=ex_type, durable=durable)
+    if kind == "queue":
+        _, name, args, durable, auto_delete = item
+        return spec.Queue.Declare(queue=name, durable=durable, auto_delete=auto_delete,
+                                  arguments=dict(args))
+    if kind == "bind":
+        _, queue, exchange, key = item
+        return spec.Queue.Bind(queue=queue, exchange=exchange, routing_key=key)
+    if kind == "e2e":
+        _, dest, source, key = item
+        return spec.Exchange.Bind(destination=dest, source=source, routing_key=key)
+    raise ValueError(f"unknown declaration {kind!r}")

@@ -385,21 +385,8 @@ class AMQPBroker:
                         publisher_confirms=self.confirm_publish)
 
     async def _declare_now(self, conn: _Conn, item: tuple[Any, ...]) -> None:
-        kind = item[0]
-        ch = conn.pub
-        if kind == "exchange":
-            _, name, ex_type, durable = item
-            await ch.exchange_declare(name, exchange_type=ex_type, durable=durable)
-        elif kind == "queue":
-            _, name, args, durable, auto_delete = item
-            await ch.queue_declare(name, durable=durable, auto_delete=auto_delete,
-                                   arguments=dict(args))
-        elif kind == "bind":
-            _, queue, exchange, key = item
-            await ch.queue_bind(queue, exchange, routing_key=key)
-        elif kind == "e2e":
-            _, dest, source, key = item
-            await ch.exchange_bind(dest, source, routing_key=key)
+        channel: Any = conn.pub  # ``rpc`` is aiormq's Channel's, not on its abstract class
+        await channel.rpc(topo.declare_frame(item))
 
     def _spec(self, queue: str) -> topo.QueueSpec:
         spec = self.queues.get(queue)
@@ -545,7 +532,7 @@ class AMQPBroker:
         if channel is None:
             channel = self._blocking = _amqp_blocking.BlockingChannel(
                 self.endpoint, timeout=self.publish_timeout, connect_timeout=self.connect_timeout,
-                idle_seconds=self.heartbeat)
+                idle_seconds=self.heartbeat, declarations=lambda: list(self._declare_log))
         channel.publish(items)
         return True
 

@@ -136,12 +136,34 @@ def test_a_connection_closed_by_rabbitmq_is_reopened_and_the_send_retried(
     blocking = _broker(app)._blocking
     assert blocking is not None and blocking._sock is not None
     old = blocking._sock
-    vhost = aiormq.connection.URL(amqp_url).path[1:].replace("%2F", "/") or "/"
-    rabbitmq_node.ctl("close_all_connections", "-p", vhost, "test closes it")
+    rabbitmq_node.ctl("close_all_connections", "-p", _vhost(amqp_url), "test closes it")
     third = app.send_task("t.add", (3, 3), queue="cut").id  # retried per the default policy
     assert blocking._sock is not None and blocking._sock is not old
     assert [m.header.properties.headers["id"] for m in _take_all(amqp_url, "cut")] == \
         [first, second, third]
+
+
+def test_a_queue_lost_with_the_connection_is_declared_again_before_the_next_send(
+    app: Celeriac, amqp_url: str, rabbitmq_node: Any,
+) -> None:
+    """A node restarted without a queue (not durable, or its data gone): the blocking
+    channel's new connection declares again what the broker declared, and the send lands."""
+    if rabbitmq_node is None:
+        pytest.skip("needs the private node (to close connections)")
+    app.send_task("t.add", (1, 1), queue="lost")
+    app.send_task("t.add", (2, 2), queue="lost")  # on the blocking channel
+
+    async def delete(channel: aiormq.abc.AbstractChannel) -> None:
+        await channel.queue_delete("lost")
+
+    _admin(amqp_url, delete)
+    rabbitmq_node.ctl("close_all_connections", "-p", _vhost(amqp_url), "test closes it")
+    sent = app.send_task("t.add", (3, 3), queue="lost").id
+    assert [m.header.properties.headers["id"] for m in _take_all(amqp_url, "lost")] == [sent]
+
+
+def _vhost(url: str) -> str:
+    return aiormq.connection.URL(url).path[1:].replace("%2F", "/") or "/"
 
 
 async def test_an_idle_connection_is_opened_anew_before_use(amqp_url: str) -> None:
