@@ -105,8 +105,10 @@ def _kernel_timeouts(sock: socket.socket) -> None:
 
     With a timeout of its own, CPython polls a socket before every send and every receive:
     two more system calls a publish, for nothing on a connection only this client uses. The
-    bound stays the same; a wait that runs out raises ``BlockingIOError`` (EAGAIN), which
-    ``run`` turns into ``TimeoutError``. TLS sockets and Windows keep Python's timeout.
+    kernel bounds each wait rather than a whole ``sendall`` (a send that keeps making progress
+    in pieces may take longer in all); a wait that runs out raises ``BlockingIOError``
+    (EAGAIN), which ``run`` turns into ``TimeoutError``. TLS sockets and Windows keep
+    Python's timeout.
     """
     timeout = sock.gettimeout()
     if not timeout or type(sock) is not socket.socket or sys.platform == "win32":
