@@ -229,6 +229,8 @@ class AMQPBroker:
         self._background: set[asyncio.Task[Any]] = set()
         self._listeners: dict[str, Callable[[Envelope], None]] = {}
         self._blocking: _amqp_blocking.BlockingChannel | None = None  # publish_blocking's
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one connect ran on
+        self._loop_turned = 0.0  # when publish_blocking last let that loop run
         _instances.add(self)
 
     def __repr__(self) -> str:
@@ -248,6 +250,8 @@ class AMQPBroker:
         self._lock = asyncio.Lock()
         self._arrived = asyncio.Event()
         self._up = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop_turned = time.monotonic()
         await self._open()
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
@@ -534,7 +538,20 @@ class AMQPBroker:
                 self.endpoint, timeout=self.publish_timeout, connect_timeout=self.connect_timeout,
                 idle_seconds=self.heartbeat, declarations=lambda: list(self._declare_log))
         channel.publish(items)
+        self._keep_loop_alive()
         return True
+
+    def _keep_loop_alive(self) -> None:
+        """Give this instance's loop a turn every half heartbeat while sync code publishes
+        on the blocking channel: a sync-only process would otherwise never run it, and
+        RabbitMQ would drop the async connection (its heartbeats unanswered)."""
+        loop = self._loop
+        if self.heartbeat is None or loop is None or loop.is_running() or loop.is_closed():
+            return
+        now = time.monotonic()
+        if now - self._loop_turned > self.heartbeat / 2:
+            self._loop_turned = now
+            loop.run_until_complete(asyncio.sleep(0))
 
     async def _publish_raw(self, items: list[tuple[bytes, tuple[str, str, spec.Basic.Properties]]],
                            mandatory: bool = True) -> None:

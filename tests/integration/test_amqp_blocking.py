@@ -187,6 +187,28 @@ async def test_an_idle_connection_is_opened_anew_before_use(amqp_url: str) -> No
     assert [m.body for m in got] == [b"a", b"b", b"c", b"d"]
 
 
+def test_sync_sends_keep_the_async_connection_alive(amqp_url: str) -> None:
+    """Sync sends on the blocking channel alone still let the broker's loop run now and then,
+    so its connection answers RabbitMQ's heartbeats and is not dropped."""
+    app = Celeriac("heartbeats", broker=amqp_url, backend="memory://heartbeats")
+    app.conf.broker_transport_options = {"heartbeat": 1}
+    try:
+        app.send_task("t.add", (0, 0), queue="beat")
+        broker = _broker(app)
+        assert broker.heartbeat == 1
+        conn = broker._conn
+        assert conn is not None
+        deadline = time.monotonic() + 4.5  # past two missed heartbeats and then some
+        while time.monotonic() < deadline:
+            app.send_task("t.add", (0, 0), queue="beat")
+            time.sleep(0.05)
+        assert broker._blocking is not None and broker._blocking._sock is not None
+        run_sync(asyncio.sleep(0.2))  # a dropped connection would be seen closed now
+        assert broker._conn is conn and not conn.connection.is_closed
+    finally:
+        app.close()
+
+
 @pytest.mark.timeout(120)
 def test_a_forked_child_publishes_on_a_connection_of_its_own(app: Celeriac, amqp_url: str) -> None:
     """Parent and child publish at once after a fork, each on its own socket: every
