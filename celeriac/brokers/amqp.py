@@ -198,6 +198,7 @@ class AMQPBroker:
         self.delay_unit = positive_seconds(opts["delay_unit"], "delay_unit", where)
         hb = opts["heartbeat"]
         self.heartbeat = float(hb) if hb else None
+        self._heartbeat_given = "heartbeat" in options
         self.confirm_publish = bool(opts["confirm_publish"])
         self.persistent = bool(opts["persistent"])
         self.max_deliveries = int(opts["max_deliveries"] or 0)
@@ -237,9 +238,13 @@ class AMQPBroker:
         return f"<AMQPBroker {self.endpoint.redacted()}>"
 
     def adopt_settings(self, conf: Any) -> None:
-        """Take the topology settings of an app's config (``task_queues``) unless given."""
+        """Take the topology settings of an app's config (``task_queues``) unless given, and
+        Celery's ``broker_heartbeat`` when it was set (and no ``heartbeat`` option was)."""
         if not self.queues:
             self.queues = topo.queue_specs(getattr(conf, "task_queues", None))
+        if not self._heartbeat_given and "broker_heartbeat" in getattr(conf, "changes", {}):
+            hb = conf.broker_heartbeat
+            self.heartbeat = float(hb) if hb else None
 
     # -- connection -----------------------------------------------------------------------
 

@@ -562,3 +562,23 @@ def test_type_error_message_hides_credentials() -> None:
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_broker_heartbeat_reaches_the_amqp_broker_unless_its_option_is_given() -> None:
+    from celeriac import Celeriac
+    from celeriac.brokers.amqp import AMQPBroker
+
+    app = Celeriac("hb", broker="amqp://guest:guest@localhost:5672//", backend="memory://hb")
+
+    def heartbeat() -> float | None:
+        broker = app._new_resources().broker  # made, not connected
+        assert isinstance(broker, AMQPBroker)
+        return broker.heartbeat
+
+    assert heartbeat() == 60.0  # the broker's own default
+    app.conf.broker_heartbeat = 10
+    assert heartbeat() == 10.0
+    app.conf.broker_heartbeat = 0
+    assert heartbeat() is None
+    app.conf.broker_transport_options = {"heartbeat": 30}
+    assert heartbeat() == 30.0
