@@ -167,6 +167,7 @@ def redis_floor(url: str, n: int = 5000, repeat: int = 3) -> tuple[float, float]
     try:
         client.ping()
         sock = client.connection_pool.get_connection()._sock  # type: ignore[no-untyped-call]
+        assert isinstance(sock, socket.socket)
         lib, bare = [], []
         for _ in range(repeat):
             start = time.perf_counter()
@@ -179,7 +180,6 @@ def redis_floor(url: str, n: int = 5000, repeat: int = 3) -> tuple[float, float]
                 if sock.recv(64) != b"+PONG\r\n":
                     raise RuntimeError("unexpected reply to PING")
             bare.append((time.perf_counter() - start) / n * 1e6)
-        assert isinstance(sock, socket.socket)
     finally:
         client.close()
     return statistics.median(lib), statistics.median(bare)

@@ -19,6 +19,7 @@ publish not confirmed within ``timeout`` raises ``BrokerError`` (it may still la
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -46,7 +47,7 @@ Item = tuple[str, str, spec.Basic.Properties, bytes]
 
 
 class _Refused(Exception):
-    """The node closed the channel or the connection with an error: ``(code, text)``."""
+    """The node closed the channel with an error (its reply code and text)."""
 
 
 class BlockingChannel:
@@ -107,10 +108,10 @@ class BlockingChannel:
                 raise BrokerError(f"RabbitMQ refused the publish: {exc}") from None
             except TimeoutError:
                 self._drop()
-                blocked = f" (blocked by RabbitMQ: {self._blocked})" if self._blocked else ""
-                raise BrokerError(
-                    f"RabbitMQ did not confirm {len(items)} message(s) within {self.timeout}s"
-                    f"{blocked or ' (is a memory or disk alarm blocking publishers?)'}") from None
+                why = f"blocked by RabbitMQ: {self._blocked}" if self._blocked \
+                    else "is a memory or disk alarm blocking publishers?"
+                raise BrokerError(f"RabbitMQ did not confirm {len(items)} message(s) within "
+                                  f"{self.timeout}s ({why})") from None
             except (OSError, ConnectionError) as exc:
                 self._drop()
                 raise BrokerConnectionError(
@@ -267,10 +268,8 @@ class BlockingChannel:
         sock, self._sock = self._sock, None
         self._buf = bytearray()
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
 
     def close(self) -> None:
         with self._lock:

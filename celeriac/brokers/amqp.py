@@ -255,11 +255,11 @@ class AMQPBroker:
         self._lock = asyncio.Lock()
         self._arrived = asyncio.Event()
         self._up = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._loop_turned = time.monotonic()
         await self._open()
-        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self._supervisor = loop.create_task(self._supervise())
+        self._sweeper = loop.create_task(self._sweep())
 
     async def _open(self) -> None:
         url = self.endpoint.aiormq_url(self.heartbeat)
@@ -471,15 +471,18 @@ class AMQPBroker:
             priority=priority,
             correlation_id=_str_or_none(props.get("correlation_id")),
             reply_to=_str_or_none(props.get("reply_to")),
+            message_id=os.urandom(16).hex(),  # matches a basic.return to its publish
             # A TTL would cut a delay short: delayed messages keep it in the props header.
             expiration=None if delayed or expiration is None else str(expiration),
         )
 
-    def _delay_units(self, out: Outgoing, now: float) -> int | None:
-        """How many delay units ``out`` waits in the delay topology; None: not delayed."""
-        if out.not_before is None or out.not_before - now <= 0.005:
-            return None
-        return topo.delay_units(out.not_before - now, self.delay_unit)
+    def _delays(self, messages: Sequence[Outgoing]) -> list[tuple[Outgoing, int | None]]:
+        """Each message with the delay units it waits in the delay topology (None: not
+        delayed)."""
+        now = time.time()
+        return [(out, None if out.not_before is None or out.not_before - now <= 0.005
+                 else topo.delay_units(out.not_before - now, self.delay_unit))
+                for out in messages]
 
     def _route_declared(self, out: Outgoing, units: int | None) -> bool:
         """Whether everything ``out`` is routed through is declared already."""
@@ -510,15 +513,12 @@ class AMQPBroker:
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         if not messages:
             return
-        now = time.time()
-        routed = []
-        for out in messages:
-            units = self._delay_units(out, now)
+        delays = self._delays(messages)
+        for out, units in delays:
             if not self._route_declared(out, units):
                 await self._declare_route(out, units)
-            routed.append(self._route(out, units))
-        bodies = [out.envelope.body for out in messages]
-        await self._publish_raw(list(zip(bodies, routed, strict=True)))
+        await self._publish_raw([(out.envelope.body, self._route(out, units))
+                                 for out, units in delays])
 
     def publish_blocking(self, messages: Sequence[Outgoing]) -> bool:
         """``publish`` from sync code on a blocking channel of its own (``_amqp_blocking``: no
@@ -527,16 +527,10 @@ class AMQPBroker:
         would read what the node sends back) or when the broker is closed."""
         if self._closed or not self.confirm_publish:
             return False
-        now = time.time()
-        items: list[_amqp_blocking.Item] = []
-        for out in messages:
-            units = self._delay_units(out, now)
-            if not self._route_declared(out, units):
-                return False
-            exchange, key, props = self._route(out, units)
-            if not props.message_id:
-                props.message_id = os.urandom(16).hex()
-            items.append((exchange, key, props, out.envelope.body))
+        delays = self._delays(messages)
+        if not all(self._route_declared(out, units) for out, units in delays):
+            return False
+        items = [(*self._route(out, units), out.envelope.body) for out, units in delays]
         channel = self._blocking
         if channel is None:
             channel = self._blocking = _amqp_blocking.BlockingChannel(

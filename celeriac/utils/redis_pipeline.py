@@ -360,9 +360,7 @@ class Pipeline:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        pending = list(self._pending)
-        self._pending.clear()
-        self._pending = deque()
+        pending, self._pending = self._pending, deque()
         for sent in pending:
             if sent.future is not None:
                 if not sent.future.done():
