@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from celeriac.backends.base import ResultBackend
+from celeriac.backends.base import BlockingWaiter, ResultBackend
 from celeriac.brokers.base import BlockingPublisher, Broker
 from celeriac.config import Config
 from celeriac.errors import BrokerConnectionError, ConfigurationError, NotRegistered
@@ -66,10 +66,14 @@ class LoopResources:
     connecting: asyncio.Lock | None = None  # held while connecting (see Celeriac._connect)
     #: the broker, if it can publish from sync code without a loop turn
     blocking: BlockingPublisher | None = None
+    #: the backend, if it can wait for a result from sync code without a loop turn
+    waiter: BlockingWaiter | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.broker, BlockingPublisher):
             self.blocking = self.broker
+        if isinstance(self.backend, BlockingWaiter):
+            self.waiter = self.backend
 
 
 def _utcnow() -> datetime:
@@ -528,6 +532,17 @@ class Celeriac:
                 return None  # not connected here yet, and this loop cannot be run from here
             res = run_sync(self.resources(backend=False))
         return res.blocking
+
+    def _blocking_waiter(self) -> BlockingWaiter | None:
+        """This thread's result backend if it can wait for a result from sync code without
+        an event loop turn (none runs in this thread)."""
+        if asyncio._get_running_loop() is not None:
+            return None
+        res = self._resources.get(thread_loop())
+        if res is None or not res.backend_connected:
+            res = run_sync(self.resources(broker=False))
+        waiter = res.waiter
+        return waiter if waiter is not None and waiter.waits_blocking else None
 
     def send_task(
         self,

@@ -207,19 +207,31 @@ class AsyncResult(Generic[R]):
                 raise errors.ConfigurationError(
                     "no result backend is configured: set result_backend to wait for results"
                 )
-            meta = await backend.wait(self.id, timeout)
-            if meta is None:
-                raise errors.TimeoutError(f"the task {self.id} did not finish within {timeout}s")
-            self._cache = meta
+            meta = self._cache = self._ready_or_timeout(await backend.wait(self.id, timeout),
+                                                        timeout)
         value: R = self._outcome(meta, propagate)
         return value
+
+    def _ready_or_timeout(self, meta: Meta | None, timeout: float | None) -> Meta:
+        if meta is None:
+            raise errors.TimeoutError(f"the task {self.id} did not finish within {timeout}s")
+        return meta
 
     def get(
         self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5,
         **kwargs: Any,
     ) -> R:
         """Wait for the task to finish and return its value (or raise its exception)."""
-        return run_sync(self.aget(timeout, propagate, interval, **kwargs))
+        meta = self._cache
+        if meta is None:
+            waiter = self.app._blocking_waiter()
+            if waiter is None:
+                return run_sync(self.aget(timeout, propagate, interval, **kwargs))
+            # no event loop turn: the backend waits on a blocking socket
+            meta = self._cache = self._ready_or_timeout(waiter.wait_blocking(self.id, timeout),
+                                                        timeout)
+        value: R = self._outcome(meta, propagate)
+        return value
 
     wait = get
 

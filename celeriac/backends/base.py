@@ -69,3 +69,17 @@ class RepliesTo(Protocol):
     """
 
     def reply_to(self, task_id: str, address: str) -> None: ...
+
+
+@runtime_checkable
+class BlockingWaiter(Protocol):
+    """Optional: a backend that can wait for a result from sync code without an event loop.
+
+    ``AsyncResult.get()`` with no loop running uses it when ``waits_blocking`` is true.
+    Same contract as ``wait``.
+    """
+
+    @property
+    def waits_blocking(self) -> bool: ...
+
+    def wait_blocking(self, task_id: str, timeout: float | None) -> Meta | None: ...

@@ -18,6 +18,9 @@ What differs from Celery, on purpose, with the bytes unchanged:
   by a listener task that subscribes and unsubscribes channels as waiters come and go, reads
   each newly subscribed key once the subscription is confirmed (so a result stored just before
   cannot be missed), and on a lost connection reconnects, resubscribes and reads them all again.
+* ``AsyncResult.get()`` from sync code (no event loop running) waits on a blocking RESP3
+  connection of its own instead (``wait_blocking``, ``_redis_blocking_wait``): its UNSUBSCRIBE,
+  SUBSCRIBE and GET go in one write, so ``delay().get()`` costs one round trip to set up.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from celeriac import states
 from celeriac.backends._common import check_expires, decode_meta, encode_meta, status_of, task_id_of
+from celeriac.backends._redis_blocking_wait import BlockingResultWaiter, Unsupported
 from celeriac.backends.base import Meta
 from celeriac.config import redact_url
 from celeriac.errors import BackendError, ConfigurationError
@@ -52,6 +56,7 @@ from celeriac.utils.redis_urls import (
     redis_py_url,
     sentinel_pool,
 )
+from celeriac.utils.sync import run_sync
 
 __all__ = ["DEFAULT_EXPIRES", "GROUP_KEY_PREFIX", "TASK_KEY_PREFIX", "RedisBackend"]
 
@@ -305,6 +310,7 @@ class RedisBackend:
         self._client: aioredis.Redis | None = None
         self._pipe: Pipeline | None = None  # stores and reads go on it
         self._listener: _Listener | None = None
+        self._waiter: BlockingResultWaiter | None = None  # sync callers' (wait_blocking)
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self.url}>"
@@ -350,6 +356,9 @@ class RedisBackend:
             await self._pipeline().call("PING")
 
     async def close(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.close()
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.close()
@@ -371,15 +380,18 @@ class RedisBackend:
         try:
             with _keep_cancellation():
                 yield
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise BackendError(
+        except (redis_errors.RedisError, OSError) as exc:
+            raise self._backend_error(action, exc) from exc
+
+    def _backend_error(self, action: str, exc: redis_errors.RedisError | OSError) -> BackendError:
+        if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
+            return BackendError(
                 f"redis result backend at {self._where}: {action} failed, "
                 f"cannot reach the server: {_describe(exc)}"
-            ) from exc
-        except redis_errors.RedisError as exc:
-            raise BackendError(
-                f"redis result backend at {self._where}: {action} failed: {_describe(exc)}"
-            ) from exc
+            )
+        return BackendError(
+            f"redis result backend at {self._where}: {action} failed: {_describe(exc)}"
+        )
 
     def task_key(self, task_id: str) -> str:
         """The key (and channel) of a task's meta: ``celery-task-meta-<id>``."""
@@ -479,6 +491,37 @@ class RedisBackend:
                     pushed.exception()  # retrieved: a failure here was raised or superseded
             else:
                 pushed.cancel()
+
+    @property
+    def waits_blocking(self) -> bool:
+        """Whether ``wait_blocking`` waits without an event loop (see ``BlockingWaiter``)."""
+        return self._sentinel is None and (self._waiter is None or self._waiter.supported)
+
+    def wait_blocking(self, task_id: str, timeout: float | None) -> Meta | None:
+        """``wait`` for sync code, on a blocking connection of its own (see
+        ``_redis_blocking_wait``): one round trip to subscribe and read the key, then the
+        published result. Must not be called with an event loop running in this thread."""
+        waiter = self._waiter
+        if waiter is None:
+            waiter = self._waiter = BlockingResultWaiter(
+                self._url, self._pool_options, self.ping_interval, self._ready_meta,
+                LISTENER_NAME)
+        try:
+            return waiter.wait(self.task_key(task_id), timeout)
+        except Unsupported:
+            return run_sync(self.wait(task_id, timeout))
+        except (redis_errors.RedisError, OSError) as exc:
+            raise self._backend_error("wait for a result", exc) from exc
+
+    @staticmethod
+    def _ready_meta(blob: bytes | str) -> Meta | None:
+        """The meta in ``blob`` if its state is ready; None if not ready or unreadable."""
+        try:
+            meta = _decode_meta(blob)
+        except BackendError as exc:
+            log.warning("a result cannot be read: %s", exc)
+            return None
+        return meta if meta.get("status") in states.READY_STATES else None
 
     @property
     def pubsub_connections(self) -> int:
@@ -600,12 +643,8 @@ class _Listener:
         futs = [f for f in self.waiters.get(task_id, ()) if not f.done()]
         if not futs:
             return
-        try:
-            meta = _decode_meta(blob)
-        except BackendError as exc:
-            log.warning("result of task %s cannot be read: %s", task_id, exc)
-            return
-        if meta.get("status") not in states.READY_STATES:
+        meta = self.backend._ready_meta(blob)
+        if meta is None:
             return
         futs[0].set_result(meta)
         for fut in futs[1:]:  # each waiter its own copy

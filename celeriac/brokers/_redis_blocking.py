@@ -22,7 +22,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from celeriac.utils import forks
-from celeriac.utils.redis_pipeline import first_error, new_reader, pack
+from celeriac.utils.redis_pipeline import first_error, new_reader, pack, raw_connection
 
 
 class BlockingClient:
@@ -79,11 +79,7 @@ class BlockingClient:
         return replies
 
     def _open(self) -> None:
-        conn: Any = self._pool.get_connection()
-        sock = getattr(conn, "_sock", None)
-        if not isinstance(sock, socket.socket):
-            conn.disconnect()
-            raise RedisConnectionError("redis-py connection without a socket")
+        conn, sock = raw_connection(self._pool)
         _kernel_timeouts(sock)
         self._conn, self._sock = conn, sock
         self._reader = new_reader()

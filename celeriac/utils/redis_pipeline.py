@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from hashlib import sha1
 from typing import Any
 
 import hiredis
+import redis
 import redis.asyncio as aioredis
 from redis._parsers.base import BaseParser
 from redis.asyncio.connection import AbstractConnection
@@ -29,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from celeriac.utils.redis_urls import drop_connection
 
 __all__ = ["Orphaned", "Pipeline", "ScriptCall", "Sent", "first_error", "new_reader", "pack",
-           "script_shas"]
+           "raw_connection", "script_shas"]
 
 log = logging.getLogger("celeriac.redis")
 
@@ -58,6 +60,17 @@ def pack(commands: Sequence[tuple[Any, ...]]) -> bytes:
 def new_reader() -> hiredis.Reader:
     """A reply parser whose error replies come out as redis-py's exceptions (not raised)."""
     return hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
+
+
+def raw_connection(pool: redis.ConnectionPool) -> tuple[Any, socket.socket]:
+    """A new connection from redis-py's sync ``pool`` (TLS, AUTH, SELECT, HELLO and the client
+    name done), and its socket, for a client that reads and writes the socket itself."""
+    conn: Any = pool.get_connection()
+    sock = getattr(conn, "_sock", None)
+    if not isinstance(sock, socket.socket):
+        conn.disconnect()
+        raise RedisConnectionError("redis-py connection without a socket")
+    return conn, sock
 
 
 def first_error(replies: Sequence[Any]) -> RedisError | None:
