@@ -108,6 +108,7 @@ class Worker:
         #: the window has room for a fetch once this many slots are free (a batch at a time,
         #: sent while the other half is still to run: see _consume)
         self._refill_at = max(1, self.prefetch // 2)
+        self._drained = False  # the last fetch got fewer messages than it asked for
         self._room_waiter: asyncio.Future[None] | None = None  # the consumer's, for room
         self._released_early: set[int] = set()  # acked early: their slot is already free
         #: acked early (or being acked), their task not yet handed to the pool: if processing
@@ -280,6 +281,11 @@ class Worker:
         while the rest of the window runs. Most pools let this coroutine run while their
         tasks do; with a pool that holds the loop (solo), the task whose ack frees the slots
         gives it a turn to send the fetch before it runs (``_ack_early``).
+
+        Except when the last fetch came back short (the queue was empty) and every runner
+        is busy: the next fetch then waits for a free runner. An idle worker woken by one
+        message thus writes that task's outcome before it asks the broker again, instead of
+        making the waiting caller wait behind a fetch that finds nothing.
         """
         backoff = 0.1
         ready = self._ready
@@ -301,6 +307,7 @@ class Worker:
                 backoff = min(backoff * 2, 10.0)
                 continue
             backoff = 0.1
+            self._drained = len(batch) < room
             held = self._held
             for delivery in batch:
                 held[id(delivery)] = delivery
@@ -313,10 +320,16 @@ class Worker:
         """Whether the window has room for the next fetch: ``_refill_at`` free slots, or
         any room at all once nothing is left queued."""
         room = self.prefetch - self._reserved
-        return room >= self._refill_at or (room > 0 and not self._ready)
+        if room <= 0 or (self._drained and not self._idle):
+            return False
+        return room >= self._refill_at or not self._ready
 
     def _release(self, count: int = 1) -> None:
         self._reserved -= count
+        self._poke_consumer()
+
+    def _poke_consumer(self) -> None:
+        """Let the consumer fetch, if it waits for room and a fetch is due now."""
         waiter = self._room_waiter
         if waiter is not None and not waiter.done() and self._refill_due():
             waiter.set_result(None)
@@ -355,6 +368,7 @@ class Worker:
             if not ready:
                 waiter = loop.create_future()
                 self._idle.append(waiter)  # (a cancelled one is skipped by _wake_runners)
+                self._poke_consumer()  # a free runner: a fetch held for one may go
                 await waiter
                 continue
             delivery = ready.popleft()

@@ -316,3 +316,26 @@ def test_second_signal_is_a_cold_shutdown(
     start_worker("-P", "threads", "-c", "2")
     wait_until(lambda: len(marker.read_text().split()) == 2, 10)
     assert res.state in (states.PENDING, states.STARTED)
+
+
+def test_a_busy_worker_leaves_new_messages_to_others(
+    basic_app: Any, start_worker: Any, redis_url: str
+) -> None:
+    """Every runner busy and the queue empty at its last fetch: a message sent meanwhile
+    stays in the queue (free for another worker) until a runner is free, then runs."""
+    import redis
+
+    basic_app.app.conf.broker_url = basic_app.app.conf.result_backend = redis_url
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        start_worker("-P", "threads", "-c", "2", "--prefetch-multiplier", "4", url=redis_url)
+        busy = [basic_app.sleep.delay(1.5) for _ in range(2)]
+        wait_until(lambda: raw.llen("celery") == 0, 5)
+        time.sleep(0.3)  # both running: the worker asked for up to 8 and got 2
+        late = basic_app.add.delay(1, 1)
+        time.sleep(0.5)
+        assert raw.llen("celery") == 1  # not taken: another worker could run it
+        assert [r.get(timeout=10) for r in busy] == [1.5, 1.5]
+        assert late.get(timeout=10) == 2
+    finally:
+        raw.close()
