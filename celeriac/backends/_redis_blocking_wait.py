@@ -24,6 +24,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -52,15 +53,20 @@ FIRST_PAUSE = 0.05
 
 
 class _Connection:
-    """A subscribed-or-not RESP3 connection and what is known of its state."""
+    """A subscribed-or-not RESP3 connection, and the replies it still owes.
+
+    Subscribing and unsubscribing are confirmed by pushes; a GET and a PING each owe one
+    reply, in the order they were sent (``owed``). An error reply, whatever it answers, ends
+    the connection's use: the caller drops it.
+    """
 
     def __init__(self, pool: redis.ConnectionPool, send_timeout: float | None) -> None:
         self.conn, self.sock = raw_connection(pool)
         self.send_timeout = send_timeout
         self.reader: hiredis.Reader = new_reader()
         self.channel: str | None = None  # subscribed by the last wait, unsubscribed by the next
-        self.last_data = time.monotonic()
-        self.pings = 0  # sent and not answered
+        self.owed: deque[str] = deque()  # "GET" / "PING": the replies still to come, in order
+        self.last_data = time.monotonic()  # data received, or a command sent
 
     def send(self, *commands: tuple[Any, ...]) -> None:
         self.sock.settimeout(self.send_timeout)
@@ -68,6 +74,8 @@ class _Connection:
             self.sock.sendall(pack(commands))
         except TimeoutError:
             raise RedisTimeoutError("timed out writing to the server") from None
+        self.owed.extend(c[0] for c in commands if c[0] in ("GET", "PING"))
+        self.last_data = time.monotonic()  # silence counts from here: not time spent idle
 
     def next(self, until: float, ping_interval: float) -> Any:
         """The next reply or push; raises ``_Expired`` at ``until`` (monotonic), and
@@ -78,12 +86,13 @@ class _Connection:
                 return reply
             now = time.monotonic()
             silent = now - self.last_data
-            if silent >= 2 * ping_interval:
-                raise RedisTimeoutError(f"no reply to PING for {silent:.1f} s")
-            if silent >= ping_interval and not self.pings:
+            pinged = "PING" in self.owed
+            if silent >= ping_interval and not pinged:
                 self.send(("PING",))
-                self.pings += 1
-            wake = min(until, self.last_data + ping_interval * (2 if self.pings else 1))
+                continue
+            if pinged and silent >= ping_interval:
+                raise RedisTimeoutError(f"no reply to PING for {silent:.1f} s")
+            wake = min(until, self.last_data + ping_interval)
             if wake <= now:
                 if until <= now:
                     raise _Expired
@@ -106,12 +115,13 @@ class _Connection:
 class BlockingResultWaiter:
     """Waits for one task's result at a time, on a blocking connection (one per thread).
 
-    ``ready(blob)`` is the backend's reading of a stored or published meta: the meta if its
-    state is ready, else None.
+    ``ready(blob, strict)`` is the backend's reading of a stored or published meta: the meta
+    if its state is ready, else None; ``strict``: a blob that cannot be read raises (a
+    stored one, as a GET would) rather than being passed over (a published one).
     """
 
     def __init__(self, url: str, pool_options: dict[str, Any], ping_interval: float,
-                 ready: Callable[[bytes], Meta | None], client_name: str) -> None:
+                 ready: Callable[[bytes, bool], Meta | None], client_name: str) -> None:
         options = {k: v for k, v in pool_options.items()
                    if k not in ("retry", "retry_on_error", "max_connections")}
         options.update(protocol=3, health_check_interval=0, client_name=client_name)
@@ -129,18 +139,18 @@ class BlockingResultWaiter:
         """The ready meta stored under ``key`` (published on the channel of that name), None
         once ``timeout`` seconds pass; ``Unsupported`` if the server cannot.
 
-        Until the first GET is answered, what goes wrong is raised (the caller maps it), as
-        the async GET would; a connection lost after that is opened again until the
-        timeout."""
+        Until the first GET is answered, what goes wrong on a new connection is raised (the
+        caller maps it), as the async GET would; a connection kept from an earlier wait that
+        fails then (Redis restarted, or it closed the connection) is replaced at once, and a
+        connection lost after the GET is opened again until the timeout."""
         until = float("inf") if timeout is None else time.monotonic() + max(timeout, 0.0)
         subscribed = False
         pause = FIRST_PAUSE
         while True:
             conn: _Connection | None = None
+            fresh = True
             try:
-                conn = self._connection()
-                if conn is None:
-                    raise Unsupported("the server speaks no RESP3")
+                conn, fresh = self._connection()
                 found = self._subscribe(conn, key, until)
                 subscribed = True
                 return found if found is not None else self._listen(conn, key, until)
@@ -148,13 +158,13 @@ class BlockingResultWaiter:
                 if conn is not None:
                     self._drop(conn)  # a reply may still be on its way: out of step
                 return None
-            except ResponseError:
-                raise  # an error reply: the connection is in step
             except (RedisError, OSError) as exc:
                 if conn is not None:
                     self._drop(conn)
                 if not subscribed:
-                    raise
+                    if fresh:
+                        raise
+                    continue  # an old connection that went away while idle: a new one
                 if time.monotonic() + pause >= until:
                     return None
                 log.warning("redis result wait: %s; reconnecting in %.2f s",
@@ -180,14 +190,12 @@ class BlockingResultWaiter:
             reply = conn.next(until, self._ping_interval)
             if type(reply) is hiredis.PushNotification:
                 found = found or self._published(reply, key)
-            elif conn.pings:
-                conn.pings -= 1  # an earlier PING's answer: replies come in order
-            else:
+            elif isinstance(reply, Exception):
+                raise reply  # refused (NOPERM on the channel...): the caller drops the connection
+            elif conn.owed.popleft() == "GET":
                 break
-        if isinstance(reply, Exception):
-            raise reply
         if found is None and reply is not None:
-            found = self._ready(reply)
+            found = self._ready(reply, True)
         return found
 
     def _listen(self, conn: _Connection, key: str, until: float) -> Meta:
@@ -198,16 +206,19 @@ class BlockingResultWaiter:
                 found = self._published(reply, key)
                 if found is not None:
                     return found
-            elif conn.pings:
-                conn.pings -= 1
+            elif isinstance(reply, Exception):
+                raise reply
+            else:
+                conn.owed.popleft()  # a PONG
 
     def _published(self, push: list[Any], key: str) -> Meta | None:
         """The ready meta a push brings on ``key``'s channel; None for anything else."""
         if len(push) == 3 and push[0] == b"message" and push[1] == key.encode():
-            return self._ready(push[2])
+            return self._ready(push[2], False)
         return None
 
-    def _connection(self) -> _Connection | None:
+    def _connection(self) -> tuple[_Connection, bool]:
+        """This thread's connection, and whether it is new; ``Unsupported`` without RESP3."""
         if self._forks != forks.generation():
             # forked: the sockets are the parent's (leave them be)
             self._local = threading.local()
@@ -216,20 +227,20 @@ class BlockingResultWaiter:
             self._forks = forks.generation()
         conn: _Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
-            return conn
+            return conn, False
         if not self.supported:
-            return None
+            raise Unsupported("the server speaks no RESP3")
         try:
             conn = _Connection(self._pool, self._send_timeout)
         except ResponseError as exc:
             if "HELLO" not in str(exc).upper():
                 raise
             self.supported = False  # a server before Redis 6: no RESP3
-            return None
+            raise Unsupported("the server speaks no RESP3") from None
         self._local.conn = conn
         with self._lock:
             self._open.add(conn)
-        return conn
+        return conn, True
 
     def _drop(self, conn: _Connection) -> None:
         if getattr(self._local, "conn", None) is conn:

@@ -514,11 +514,14 @@ class RedisBackend:
             raise self._backend_error("wait for a result", exc) from exc
 
     @staticmethod
-    def _ready_meta(blob: bytes | str) -> Meta | None:
-        """The meta in ``blob`` if its state is ready; None if not ready or unreadable."""
+    def _ready_meta(blob: bytes | str, strict: bool = False) -> Meta | None:
+        """The meta in ``blob`` if its state is ready; None if not ready, or unreadable and
+        not ``strict`` (a published one: logged and passed over; a stored one raises)."""
         try:
             meta = _decode_meta(blob)
         except BackendError as exc:
+            if strict:
+                raise
             log.warning("a result cannot be read: %s", exc)
             return None
         return meta if meta.get("status") in states.READY_STATES else None

@@ -252,3 +252,68 @@ def test_async_result_get_from_sync_code_uses_the_blocking_wait(redis_url: str) 
     finally:
         raw.close()
         app.close()
+
+
+def test_time_idle_between_waits_is_not_silence(redis_url: str, raw: redis.Redis) -> None:
+    """A connection left idle for longer than one, then two, ping intervals serves the next
+    wait as a fresh one would: no PING mistaken for the GET's reply, no false time-out."""
+    b = RedisBackend(redis_url, ping_interval=0.2)
+    try:
+        for idle in (0.0, 0.3, 0.5):
+            time.sleep(idle)
+            task_id = new_id()
+            store(raw, task_id, states.SUCCESS, idle)
+            assert (b.wait_blocking(task_id, 5) or {}).get("result") == idle
+        assert len(waiter_clients(raw)) == 1
+    finally:
+        asyncio.run(b.close())
+
+
+def test_the_first_wait_after_a_redis_restart_opens_a_new_connection(
+    private_redis: RedisServer,
+) -> None:
+    b = RedisBackend(private_redis.url)
+    raw = redis.Redis.from_url(private_redis.url)
+    try:
+        before = new_id()
+        store(raw, before, states.SUCCESS, "before")
+        assert (b.wait_blocking(before, 5) or {}).get("result") == "before"
+        private_redis.crash()
+        private_redis.start()
+        after = new_id()
+        store(raw, after, states.SUCCESS, "after")
+        assert (b.wait_blocking(after, 5) or {}).get("result") == "after"
+    finally:
+        raw.close()
+        asyncio.run(b.close())
+
+
+def test_a_refused_subscription_raises_and_leaves_no_reply_behind(
+    redis_url: str, raw: redis.Redis
+) -> None:
+    """An ACL user without channel rights (Redis 7's default for new users): the SUBSCRIBE
+    is refused. The wait raises, and the GET's reply left on that connection is never read
+    as another wait's."""
+    user = f"no-channels-{uuid.uuid4().hex[:8]}"
+    raw.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "+@all", "resetchannels")
+    where = raw.connection_pool.connection_kwargs
+    b = RedisBackend(f"redis://{user}:pw@{where['host']}:{where['port']}/0")
+    try:
+        first, second = new_id(), new_id()
+        store(raw, first, states.SUCCESS, "first")
+        with pytest.raises(BackendError, match="permissions"):
+            b.wait_blocking(first, 2)
+        with pytest.raises(BackendError, match="permissions"):
+            b.wait_blocking(second, 2)
+    finally:
+        asyncio.run(b.close())
+        raw.execute_command("ACL", "DELUSER", user)
+
+
+def test_an_unreadable_stored_result_raises_at_once(backend: RedisBackend, raw: redis.Redis) -> None:
+    task_id = new_id()
+    raw.set(f"celery-task-meta-{task_id}", b"\xff not json", ex=60)
+    started = time.monotonic()
+    with pytest.raises(BackendError):
+        backend.wait_blocking(task_id, 5)
+    assert time.monotonic() - started < 2
