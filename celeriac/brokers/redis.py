@@ -547,7 +547,7 @@ class RedisBroker:
         client = aioredis.Redis(connection_pool=pool)
         self._client = client
         self._pipe = Pipeline(pool, SCRIPTS)
-        self._watches = ListWatches(pool)
+        self._watches = ListWatches(pool, self._unblock)
         with self._errors("connect"):
             await self._call("PING")
 
@@ -740,14 +740,19 @@ class RedisBroker:
             self._take_keys[key] = found
         return found
 
+    def _take_args(self, queues: Sequence[str], max_count: int) -> list[Any]:
+        return [int(self.lease_seconds * 1000), max_count, self.sweep_limit,
+                len(self._serve_steps), *queues]
+
     async def _take(self, queues: Sequence[str], max_count: int) -> tuple[list[Delivery], float]:
         """(deliveries, seconds until something falls due or -1)."""
-        args: list[Any] = [
-            int(self.lease_seconds * 1000), max_count, self.sweep_limit, len(self._serve_steps),
-            *queues,
-        ]
+        args = self._take_args(queues, max_count)
         with self._errors("fetch"):
             reply = await self._script("take", self._keys_for(queues), args, self._untake)
+        return self._taken(queues, reply)
+
+    def _taken(self, queues: Sequence[str], reply: list[Any]) -> tuple[list[Delivery], float]:
+        """The take script's reply: (deliveries, seconds until something falls due or -1)."""
         if len(reply) == 1:
             ms = int(reply[0])
             return [], (-1.0 if ms < 0 else ms / 1000)
@@ -789,13 +794,25 @@ class RedisBroker:
             if remaining <= 0:
                 return []
             wait = idle_wait(remaining, None if due_in < 0 else due_in, self.poll_interval)
-            watched = self._keys_for(queues)[5:]
-            watched = [k for i, k in enumerate(watched) if i % (len(self._serve_steps) + 1)]
+            keys = self._keys_for(queues)
+            watched = [k for i, k in enumerate(keys[5:]) if i % (len(self._serve_steps) + 1)]
             watches = self._watches
             if watches is None:
                 raise BrokerConnectionError(f"{self!r} is closed")
+            take = self._pipeline().script_command(
+                "take", keys, self._take_args(queues, max_count))
+            primary = self.keys.queue(queues[0], self._step_of(0))  # where most messages land
+            others = [k for k in watched if k != primary]
             with self._errors("wait for messages"):
-                await watches.wait(watched, wait)
+                reply = await watches.wait_taking(primary, take, others, wait)
+            if reply is not None:
+                got, _ = self._taken(queues, reply)
+                if got:
+                    return got
+
+    async def _unblock(self, client_id: int) -> None:
+        """End the ``BLMOVE`` of the connection ``client_id`` now (see ``ListWatches``)."""
+        await self._call("CLIENT", "UNBLOCK", client_id)
 
     def _by_tag(self) -> list[str]:
         k = self.keys

@@ -166,8 +166,12 @@ class Pipeline:
         return (await self._ask([self._command(name, keys, args)], (name, keys, args),
                                 on_orphan))[0]
 
-    def _command(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
+    def script_command(self, name: str, keys: Sequence[Any], args: Sequence[Any]
+                       ) -> tuple[Any, ...]:
+        """The EVALSHA command of ``name``, to send on another connection."""
         return ("EVALSHA", self._shas[name], len(keys), *keys, *args)
+
+    _command = script_command
 
     def _script_sent(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Sent:
         """An EVALSHA nobody waits for (pipelined, as an ack)."""

@@ -761,3 +761,114 @@ async def test_a_push_landing_as_an_idle_fetch_starts_waiting_is_seen_at_once(
         r.close()
     assert int(redis.Redis.from_url(redis_url).info("clients")["blocked_clients"]) == 0
 
+
+
+# -- the take behind the watch ----------------------------------------------------------------
+
+
+def _entry() -> bytes:
+    return kombu_envelope.dumps(Envelope(b"[]", properties={"priority": 0}), "", "celery")
+
+
+def _last_command(r: redis.Redis, client_id: int) -> str | None:
+    for client in r.client_list():
+        if int(client["id"]) == client_id:
+            return str(client["cmd"])
+    return None
+
+
+@pytest.mark.timeout(30)
+async def test_an_idle_fetch_gets_its_message_with_the_wake(redis_url: str) -> None:
+    """The take runs behind the BLMOVE on the watch's own connection: the message arrives
+    with the reply to the wake, taken (in flight), with no take sent after it."""
+    broker = RedisBroker(redis_url)
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        waiting = asyncio.create_task(broker.fetch(["celery"], 10, 10.0))
+        await asyncio.sleep(0.3)
+        watches = broker._watches
+        assert watches is not None and watches._taking_id is not None
+        taking_id = watches._taking_id
+        await asyncio.to_thread(r.lpush, "celery", _entry())
+        got = await asyncio.wait_for(waiting, 5)
+        assert len(got) == 1 and r.llen("celery") == 0
+        assert _last_command(r, taking_id) == "evalsha"
+        await broker.ack(got)
+        assert await broker.queue_size("celery") == 0
+    finally:
+        await broker.close()
+        r.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_fetch_that_stopped_waiting_takes_nothing_more(redis_url: str) -> None:
+    """Once a wait ends (its time ran out, or it was cancelled) nothing is taken behind it:
+    a message sent then stays free for any worker."""
+    broker = RedisBroker(redis_url, poll_interval=0.2)
+    other = RedisBroker(redis_url)
+    await broker.connect()
+    await other.connect()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        assert await broker.fetch(["celery"], 10, 0.3) == []
+        await asyncio.to_thread(r.lpush, "celery", _entry())
+        await asyncio.sleep(0.5)
+        assert r.llen("celery") == 1
+        assert len(await other.fetch(["celery"], 10, 1.0)) == 1
+
+        waiting = asyncio.create_task(broker.fetch(["celery"], 10, 10.0))
+        await asyncio.sleep(0.3)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await asyncio.to_thread(r.lpush, "celery", _entry())
+        await asyncio.sleep(0.5)
+        assert r.llen("celery") == 1
+        # only the plain watches of the other priority lists stay armed (no take behind them)
+        assert int(r.info("clients")["blocked_clients"]) == len(broker._serve_steps) - 1
+    finally:
+        await broker.close()
+        await other.close()
+        r.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_wake_on_another_list_takes_at_once(redis_url: str) -> None:
+    """A message on another queue or priority list ends the take-behind watch at once
+    (CLIENT UNBLOCK): its take brings the message, long before the wait would end."""
+    broker = RedisBroker(redis_url)
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        for target in ("other", "celery\x06\x163"):
+            waiting = asyncio.create_task(broker.fetch(["celery", "other"], 10, 10.0))
+            await asyncio.sleep(0.3)
+            sent = time.monotonic()
+            await asyncio.to_thread(r.lpush, target, _entry())
+            got = await asyncio.wait_for(waiting, 5)
+            assert len(got) == 1 and time.monotonic() - sent < 1.0, target
+            await broker.ack(got)
+    finally:
+        await broker.close()
+        r.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_take_behind_refused_for_a_lost_script_falls_back(redis_url: str) -> None:
+    """After SCRIPT FLUSH (a restarted Redis) the take behind the watch is refused
+    (NOSCRIPT): the fetch takes the usual way, which loads the script again."""
+    broker = RedisBroker(redis_url)
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        waiting = asyncio.create_task(broker.fetch(["celery"], 10, 10.0))
+        await asyncio.sleep(0.3)
+        r.script_flush()
+        await asyncio.to_thread(r.lpush, "celery", _entry())
+        got = await asyncio.wait_for(waiting, 5)
+        assert len(got) == 1
+        await broker.ack(got)
+    finally:
+        await broker.close()
+        r.close()
