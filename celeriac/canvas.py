@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from celeriac.result import AsyncResult
 
 
+_new_dict = dict.__new__
+_fill = dict.update
+
+
 class Signature(dict[str, Any]):
     """One task call, not yet sent."""
 
@@ -53,6 +57,18 @@ class Signature(dict[str, Any]):
                 immutable=immutable,
             )
         self._app = app
+
+    @classmethod
+    def of_call(cls, task: str, args: Sequence[Any], kwargs: dict[str, Any],
+                app: Celeriac | None = None) -> Signature:
+        """``Signature(task, args, kwargs, app=app)``: a call without options, filled in
+        directly (a third of the keyword constructor's cost; ``task.s(i)`` makes one per
+        call of a batch)."""
+        sig = _new_dict(cls)
+        _fill(sig, {"task": task, "args": list(args), "kwargs": dict(kwargs), "options": {},
+                    "subtask_type": None, "immutable": False})
+        sig._app = app
+        return sig
 
     @property
     def task(self) -> str:

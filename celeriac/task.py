@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from celeriac.canvas import Signature
 from celeriac.context import Context, current_request
 from celeriac.errors import ConfigurationError, MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
-    from celeriac.canvas import Signature
     from celeriac.result import AsyncResult, EagerResult
 
 P = ParamSpec("P")
@@ -240,9 +240,9 @@ class Task(Generic[P, R]):
     def signature(
         self, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Signature:
-        from celeriac.canvas import Signature
-
-        return Signature(self.name, args, kwargs, options, app=self.app)
+        if options:
+            return Signature(self.name, args, kwargs, options, app=self.app)
+        return Signature.of_call(self.name, args or (), kwargs or {}, self.app)
 
     subtask = signature
 

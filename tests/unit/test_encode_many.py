@@ -50,3 +50,27 @@ def test_send_many_mixes_fast_and_optioned_calls() -> None:
     assert run_sync(drain("celery")) == [0, 1, 3, 4]
     assert run_sync(drain("other")) == [2]
     app.close()
+
+
+def test_task_s_builds_the_same_signature_as_the_constructor() -> None:
+    from celeriac.canvas import Signature
+
+    app = Celeriac("sig", broker="memory://sig", backend="memory://sig", set_as_current=False)
+
+    @app.task
+    def f(x: int, y: int = 0) -> int:
+        return x + y
+
+    for fast, slow in [
+        (f.s(1), Signature(f.name, (1,), None, None, app=app)),
+        (f.s(1, y=2), Signature(f.name, [1], {"y": 2}, {}, app=app)),
+        (f.s(), Signature(f.name, app=app)),
+        (f.signature([1]), Signature(f.name, [1], app=app)),
+    ]:
+        assert type(fast) is Signature
+        assert fast == slow and list(fast.items()) == list(slow.items())
+        assert fast._app is slow._app
+    args = [1]
+    sig = f.signature(args)
+    assert sig["args"] is not args  # a copy, as the constructor makes
+    assert f.si(1)["immutable"] is True and f.s(1).set(queue="q")["options"] == {"queue": "q"}
