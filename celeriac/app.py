@@ -612,11 +612,11 @@ class Celeriac:
         )
         ids.append((first.id, name))
         outgoing.append(template)
-        for (task_id, _, _), envelope in zip(calls, envelopes, strict=True):
-            ids.append((task_id, name))
-            outgoing.append(Outgoing(template.queue, envelope, template.priority,
-                                     template.not_before, template.exchange,
-                                     template.routing_key))
+        queue, priority, not_before = template.queue, template.priority, template.not_before
+        exchange, routing_key = template.exchange, template.routing_key
+        ids += [(task_id, name) for task_id, _, _ in calls]
+        outgoing += [build_outgoing(queue, envelope, priority, not_before, exchange, routing_key)
+                     for envelope in envelopes]
 
     # ---- results ------------------------------------------------------------------------
     def AsyncResult(self, task_id: str, task_name: str | None = None) -> AsyncResult[Any]:

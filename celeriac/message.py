@@ -14,11 +14,22 @@ from datetime import datetime
 from typing import Any
 
 
+class EnvelopeRun:
+    """Names the envelopes of one batch run (``protocol.encode_many``): they differ only in
+    their body, the headers id, root_id, argsrepr and kwargsrepr and the property
+    correlation_id. A broker may serialize one of them and splice the others' own values
+    into that (``kombu_envelope.EntrySplicer``). Compared by identity."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """A message as brokers carry it: an opaque body plus AMQP-style headers and properties.
 
     ``properties`` holds correlation_id, reply_to, delivery_mode and priority, as in Celery.
+    ``run`` is set only by ``encode_many``; not compared, and never copied by ``replace``
+    (a changed copy no longer matches its run).
     """
 
     body: bytes
@@ -26,6 +37,7 @@ class Envelope:
     content_encoding: str = "utf-8"
     headers: dict[str, Any] = field(default_factory=dict)
     properties: dict[str, Any] = field(default_factory=dict)
+    run: EnvelopeRun | None = field(default=None, init=False, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +130,12 @@ def _slot_builder(cls: type[Any]) -> Callable[..., Any]:
     class's own ``__setattr__`` refuses); this one calls each slot's descriptor directly,
     about twice as fast for TaskMessage's 32 fields (the worker builds one per task). The
     result is an ordinary instance: equal to, and as frozen as, one made by ``cls(...)``.
+    Fields that ``__init__`` does not take come last and default to None.
     """
     names = [f.name for f in fields(cls)]
+    params = [f.name if f.init else f"{f.name}=None" for f in fields(cls)]
     namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    lines = [f"def build({', '.join(names)}):", "    self = _new(_cls)"]
+    lines = [f"def build({', '.join(params)}):", "    self = _new(_cls)"]
     for i, name in enumerate(names):
         namespace[f"_set{i}"] = getattr(cls, name).__set__
         lines.append(f"    _set{i}(self, {name})")
@@ -137,6 +151,10 @@ def _slot_builder(cls: type[Any]) -> Callable[..., Any]:
 build_task_message: Callable[..., TaskMessage] = _slot_builder(TaskMessage)
 #: ``build_envelope(body, content_type, content_encoding, headers, properties)``
 build_envelope: Callable[[bytes, str, str, dict[str, Any], dict[str, Any]], Envelope] = (
+    _slot_builder(Envelope))
+#: ``build_run_envelope(body, content_type, content_encoding, headers, properties, run)``
+build_run_envelope: Callable[
+    [bytes, str, str, dict[str, Any], dict[str, Any], EnvelopeRun], Envelope] = (
     _slot_builder(Envelope))
 #: ``build_delivery(envelope, queue, tag, deliveries, priority)``
 build_delivery: Callable[[Envelope, str, Any, int, int], Delivery] = _slot_builder(Delivery)

@@ -614,16 +614,28 @@ class RedisBroker:
 
     # -- encoding -----------------------------------------------------------------------
 
-    def _entry(self, out: Outgoing) -> tuple[int, bytes]:
-        """(priority, kombu list entry) for ``out``."""
+    def _entry(self, out: Outgoing, runs: dict[tuple[Any, ...], Any] | None = None
+               ) -> tuple[int, bytes]:
+        """(priority, kombu list entry) for ``out``; ``runs`` caches, for one publish, a
+        template per batch run and address (``EntrySplicer``; None where there is none)."""
         priority = clamp_priority(out.priority)
         env = out.envelope
         props = env.properties
         plain = props.get("priority", -1) == priority and kombu_envelope.TRANSPORT_PROPERTIES \
             .isdisjoint(props)
         if plain:
+            routing_key = out.routing_key or out.queue
+            if env.run is not None and runs is not None:
+                key = (env.run, out.exchange, routing_key)
+                splicer = runs.get(key, False)
+                if splicer is False:
+                    splicer = runs[key] = kombu_envelope.EntrySplicer.make(
+                        env, out.exchange, routing_key, compact=self.compact)
+                raw = None if splicer is None else splicer.entry(env)
+                if raw is not None:
+                    return priority, raw
             return priority, kombu_envelope.dumps(
-                env, out.exchange, out.routing_key or out.queue, compact=self.compact
+                env, out.exchange, routing_key, compact=self.compact
             )
         wire = {k: v for k, v in props.items() if k not in kombu_envelope.TRANSPORT_PROPERTIES}
         wire["priority"] = priority
@@ -665,8 +677,9 @@ class RedisBroker:
         run: list[bytes] = []
         address: tuple[str, int, str, str | None] | None = None
         listkey = ""
+        runs: dict[tuple[Any, ...], Any] = {}
         for out in messages:
-            priority, raw = self._entry(out)
+            priority, raw = self._entry(out, runs)
             if (out.queue, priority, out.exchange, out.routing_key) != address:
                 address = (out.queue, priority, out.exchange, out.routing_key)
                 routing_key = out.routing_key or out.queue

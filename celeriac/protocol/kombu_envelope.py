@@ -12,6 +12,10 @@ orjson: about ten times faster, and kombu reads it just the same.
 from __future__ import annotations
 
 import binascii
+import re
+import uuid
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -22,7 +26,7 @@ from celeriac.serializers import EncodeError
 from celeriac.serializers._json import json_default, json_loads, stdlib_encoder
 from celeriac.utils.ids import new_id
 
-__all__ = ["dumps", "loads"]
+__all__ = ["EntrySplicer", "dumps", "loads"]
 
 #: properties kombu's virtual transport owns; never part of an Envelope's properties
 TRANSPORT_PROPERTIES = frozenset({"delivery_info", "body_encoding", "delivery_tag"})
@@ -68,6 +72,85 @@ def dumps(
         return stdlib_encoder.encode(entry).encode("ascii")
     except (TypeError, ValueError) as exc:
         raise EncodeError(f"cannot serialize the envelope: {exc}") from None
+
+
+#: stand-ins for each message's own values in a run's template (hex: valid JSON text and
+#: valid base64, so the body's stand-in survives the base64 step unchanged)
+_SLOTS = tuple(uuid.uuid4().hex for _ in range(7))
+_BODY, _ID, _ROOT, _ARGSREPR, _KWARGSREPR, _CORRELATION, _TAG = _SLOTS
+_SLOT_RE = re.compile(b'"(' + b"|".join(slot.encode() for slot in _SLOTS) + b')"')
+
+
+class EntrySplicer:
+    """The kombu entries of one run's envelopes (``Envelope.run``), for one address.
+
+    One envelope of the run is serialized by ``dumps`` with stand-ins for each message's own
+    values (body, id, root_id, argsrepr, kwargsrepr, correlation_id, delivery tag); each
+    entry is then that template with the message's values, JSON-encoded by the same
+    encoder, put in their place: the same JSON as ``dumps`` writes, at a fraction of the
+    cost. Build with :meth:`make`, which returns None when the template does not split
+    cleanly (the caller then uses ``dumps``).
+    """
+
+    __slots__ = ("_encode", "_format", "_order", "_sizes")
+
+    def __init__(self, fmt: bytes, order: Callable[[tuple[bytes, ...]], tuple[bytes, ...]],
+                 encode: Callable[[Any], bytes], sizes: tuple[int, int]) -> None:
+        self._format = fmt
+        self._order = order
+        self._encode = encode
+        self._sizes = sizes
+
+    @classmethod
+    def make(cls, envelope: Envelope, exchange: str, routing_key: str, *,
+             compact: bool = False) -> EntrySplicer | None:
+        headers = {**envelope.headers, "id": _ID, "root_id": _ROOT, "argsrepr": _ARGSREPR,
+                   "kwargsrepr": _KWARGSREPR}
+        properties = {**envelope.properties, "correlation_id": _CORRELATION}
+        probe = build_envelope(binascii.a2b_base64(_BODY), envelope.content_type,
+                               envelope.content_encoding, headers, properties)
+        parts = _SLOT_RE.split(dumps(probe, exchange, routing_key, _TAG, compact=compact))
+        found = [_SLOTS.index(slot.decode()) for slot in parts[1::2]]
+        if sorted(found) != list(range(len(_SLOTS))):
+            return None  # a stand-in went missing or appears twice: no template
+        fmt = b"%b".join(part.replace(b"%", b"%%") for part in parts[::2])
+        encode = _compact_value if compact else _exact_value
+        sizes = (len(envelope.headers), len(envelope.properties))
+        return cls(fmt, itemgetter(*found), encode, sizes)
+
+    def entry(self, envelope: Envelope, delivery_tag: str | None = None) -> bytes | None:
+        """The entry for ``envelope`` (of this run; a new uuid4 tag if None), or None if it
+        no longer fits the run."""
+        headers = envelope.headers
+        properties = envelope.properties
+        if (len(headers), len(properties)) != self._sizes:
+            return None
+        encode = self._encode
+        try:
+            task_id = headers["id"]
+            root_id = headers["root_id"]
+            correlation_id = properties["correlation_id"]
+            id_json = encode(task_id)
+            values = (
+                b'"' + binascii.b2a_base64(envelope.body, newline=False) + b'"',
+                id_json,
+                id_json if root_id is task_id else encode(root_id),
+                encode(headers["argsrepr"]),
+                encode(headers["kwargsrepr"]),
+                id_json if correlation_id is task_id else encode(correlation_id),
+                encode(new_id() if delivery_tag is None else delivery_tag),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None  # not this run's shape, or a value only the general path encodes
+        return self._format % self._order(values)
+
+
+def _compact_value(value: Any) -> bytes:
+    return orjson.dumps(value, option=_ORJSON_OPTS)
+
+
+def _exact_value(value: Any) -> bytes:
+    return stdlib_encoder.encode(value).encode("ascii")
 
 
 def loads(raw: bytes | str) -> tuple[Envelope, dict[str, Any], str]:

@@ -16,14 +16,22 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
 from celeriac.errors import DecodeError
-from celeriac.message import Envelope, TaskMessage, build_envelope, build_task_message
-from celeriac.serializers import EncodeError, compress, dumps
+from celeriac.message import (
+    Envelope,
+    EnvelopeRun,
+    TaskMessage,
+    build_envelope,
+    build_run_envelope,
+    build_task_message,
+)
+from celeriac.serializers import EncodeError, compress, dumps, get_serializer
+from celeriac.serializers._json import call_dumper, json_dumps
 
 __all__ = [
     "encode_many",
@@ -217,15 +225,20 @@ def encode_many(
 
     Every header and property but the call's own (id, root_id, argsrepr, kwargsrepr,
     correlation_id) is the same for all: they are built once from ``proto`` and copied,
-    which makes batch publishing several times cheaper than ``encode_task`` per call.
+    which makes batch publishing several times cheaper than ``encode_task`` per call. The
+    envelopes share one ``EnvelopeRun``, so a broker may serialize them from one template.
     """
     template = encode_task(proto, serializer, compression)
     base_headers = template.headers
     base_properties = template.properties
+    content_type = template.content_type
+    content_encoding = template.content_encoding
     own_root = proto.root_id is None
-    embed = {"callbacks": proto.callbacks, "errbacks": proto.errbacks,
-             "chain": proto.chain, "chord": proto.chord}
+    dump = _body_dumper(serializer, {"callbacks": proto.callbacks, "errbacks": proto.errbacks,
+                                     "chain": proto.chain, "chord": proto.chord})
+    run = EnvelopeRun()
     out: list[Envelope] = []
+    append = out.append
     for task_id, args, kwargs in calls:
         if not isinstance(args, list | tuple):
             raise EncodeError(f"task args must be a list or tuple, not {type(args).__name__}")
@@ -236,14 +249,22 @@ def encode_many(
         if own_root:
             headers["root_id"] = task_id
         headers["argsrepr"] = safe_repr(args)
-        headers["kwargsrepr"] = safe_repr(kwargs)
+        headers["kwargsrepr"] = "{}" if type(kwargs) is dict and not kwargs else safe_repr(kwargs)
         properties = base_properties.copy()
         properties["correlation_id"] = task_id
-        content_type, content_encoding, body = dumps((args, kwargs, embed), serializer)
+        body = dump(args, kwargs)
         if compression:
             body, _ = compress(body, compression)
-        out.append(Envelope(body, content_type, content_encoding, headers, properties))
+        append(build_run_envelope(body, content_type, content_encoding, headers, properties, run))
     return out
+
+
+def _body_dumper(serializer: str, embed: dict[str, Any]) -> Callable[[Any, Any], bytes]:
+    """``(args, kwargs) -> body`` for calls sharing ``embed``, as ``dumps`` writes it; for
+    kombu's JSON (the registered default), ``embed`` is checked for UUIDs once, not per call."""
+    if get_serializer(serializer).dumps is json_dumps:
+        return call_dumper(embed)
+    return lambda args, kwargs: dumps((args, kwargs, embed), serializer)[2]
 
 
 def _opt_str(headers: Mapping[str, Any], key: str) -> str | None:
