@@ -248,7 +248,7 @@ def encode_many(
         headers["id"] = task_id
         if own_root:
             headers["root_id"] = task_id
-        headers["argsrepr"] = safe_repr(args)
+        headers["argsrepr"] = safe_repr(args if type(args) is tuple else tuple(args))  # as Celery
         headers["kwargsrepr"] = "{}" if type(kwargs) is dict and not kwargs else safe_repr(kwargs)
         properties = base_properties.copy()
         properties["correlation_id"] = task_id

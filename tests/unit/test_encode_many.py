@@ -74,3 +74,16 @@ def test_task_s_builds_the_same_signature_as_the_constructor() -> None:
     sig = f.signature(args)
     assert sig["args"] is not args  # a copy, as the constructor makes
     assert f.si(1)["immutable"] is True and f.s(1).set(queue="q")["options"] == {"queue": "q"}
+
+
+def test_every_call_of_a_run_has_celerys_argsrepr() -> None:
+    """A tuple's repr, as Celery writes it, for the run's first call and for the others."""
+    app = Celeriac("repr", broker="memory://repr", backend="memory://repr", set_as_current=False)
+
+    @app.task
+    def add(x: int, y: int = 0) -> int:
+        return x + y
+
+    _, outgoing = app._prepare_many([add.s(1), add.s(2), add.s(3, y=4)])
+    assert [o.envelope.headers["argsrepr"] for o in outgoing] == ["(1,)", "(2,)", "(3,)"]
+    assert [o.envelope.headers["kwargsrepr"] for o in outgoing] == ["{}", "{}", "{'y': 4}"]
