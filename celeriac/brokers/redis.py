@@ -509,6 +509,8 @@ class RedisBroker:
             "retry_on_error": [RedisConnectionError, RedisTimeoutError],
             **_NO_MAINT_NOTIFICATIONS,
         }
+        if self._conn_url.startswith("unix:"):
+            del self._pool_options["socket_keepalive"]  # TCP's; a unix socket takes no such option
         self._client: aioredis.Redis | None = None
         self._where = "Redis"
         self._pipe: Pipeline | None = None  # every non-blocking command goes on it
@@ -547,7 +549,7 @@ class RedisBroker:
         client = aioredis.Redis(connection_pool=pool)
         self._client = client
         self._pipe = Pipeline(pool, SCRIPTS)
-        self._watches = ListWatches(pool, self._unblock)
+        self._watches = ListWatches(pool, self._unblock, self._give_back)
         with self._errors("connect"):
             await self._call("PING")
 
@@ -799,8 +801,8 @@ class RedisBroker:
         self._redis()
         await self._declare_consumed(queues)
         deadline = time.monotonic() + max(timeout, 0.0)
+        got, due_in = await self._take(queues, max_count)
         while True:
-            got, due_in = await self._take(queues, max_count)
             if got:
                 return got
             remaining = deadline - time.monotonic()
@@ -818,10 +820,17 @@ class RedisBroker:
             others = [k for k in watched if k != primary]
             with self._errors("wait for messages"):
                 reply = await watches.wait_taking(primary, take, others, wait)
-            if reply is not None:
-                got, _ = self._taken(queues, reply)
-                if got:
-                    return got
+            if reply is None:  # refused (NOSCRIPT): the usual take loads the script again
+                got, due_in = await self._take(queues, max_count)
+            else:
+                got, due_in = self._taken(queues, reply)
+
+    async def _give_back(self, reply: list[Any]) -> None:
+        """Requeue what a take whose fetch was cancelled took (its ``reply``)."""
+        call = self._untake([reply])
+        if call is not None:
+            with self._errors("give back messages"):
+                await self._script(*call)
 
     async def _unblock(self, client_id: int) -> None:
         """End the ``BLMOVE`` of the connection ``client_id`` now (see ``ListWatches``)."""

@@ -306,6 +306,11 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
+            except Exception:  # a fault of ours must not stop consuming for good
+                log.exception("internal error while fetching (retrying in %.1fs)", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
             backoff = 0.1
             self._drained = len(batch) < room
             held = self._held

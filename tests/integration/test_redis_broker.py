@@ -787,13 +787,13 @@ async def test_an_idle_fetch_gets_its_message_with_the_wake(redis_url: str) -> N
     try:
         waiting = asyncio.create_task(broker.fetch(["celery"], 10, 10.0))
         await asyncio.sleep(0.3)
-        watches = broker._watches
-        assert watches is not None and watches._taking_id is not None
-        taking_id = watches._taking_id
         await asyncio.to_thread(r.lpush, "celery", _entry())
         got = await asyncio.wait_for(waiting, 5)
         assert len(got) == 1 and r.llen("celery") == 0
-        assert _last_command(r, taking_id) == "evalsha"
+        watches = broker._watches
+        assert watches is not None
+        [watch] = watches._taking._idle  # back for the next wait
+        assert _last_command(r, watch.client_id) == "evalsha"
         await broker.ack(got)
         assert await broker.queue_size("celery") == 0
     finally:
@@ -872,3 +872,206 @@ async def test_a_take_behind_refused_for_a_lost_script_falls_back(redis_url: str
     finally:
         await broker.close()
         r.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_redis_stall_longer_than_the_reply_bound_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Redis that stops answering for longer than a watch's reply may take: the watch's
+    connection is given up (never read out of step), and every message sent afterwards is
+    fetched once, none left in flight."""
+    from celeriac.brokers import _redis_take_behind, _redis_watch
+    from tests.services import RedisServer
+
+    monkeypatch.setattr(_redis_take_behind, "REPLY_SECONDS", 0.3)
+    monkeypatch.setattr(_redis_watch, "REPLY_SECONDS", 0.3)
+    server = RedisServer(extra=["--enable-debug-command", "yes"]).start()
+    broker = RedisBroker(server.url, poll_interval=0.5)
+    await broker.connect()
+    r = redis.Redis.from_url(server.url)
+    got: list[Any] = []
+    errors: list[BaseException] = []
+
+    async def consume() -> None:
+        while True:
+            try:
+                batch = await broker.fetch(["celery"], 10, 1.0)
+            except BrokerError as exc:
+                errors.append(exc)
+                await asyncio.sleep(0.05)
+                continue
+            got.extend(batch)
+            if batch:
+                await broker.ack(batch)
+
+    consumer = asyncio.create_task(consume())
+    try:
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(r.execute_command, "DEBUG", "SLEEP", "1.2")
+        for _ in range(20):
+            await asyncio.to_thread(r.lpush, "celery", _entry())
+        deadline = time.monotonic() + 20
+        while len(got) < 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(got) == 20
+        assert r.llen("celery") == 0 and await broker.queue_size("celery") == 0
+        assert all(isinstance(e, BrokerConnectionError) for e in errors)
+    finally:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        await broker.close()
+        r.close()
+        server.cleanup()
+
+
+@pytest.mark.timeout(30)
+async def test_without_client_unblock_rights_waits_still_end_on_time(redis_url: str) -> None:
+    """An ACL user without ``@dangerous`` may not CLIENT UNBLOCK: a wake on another list
+    drops the watch instead, and a wait that runs out ends by the BLMOVE's own timeout."""
+    r = redis.Redis.from_url(redis_url)
+    user = f"no-unblock-{uuid.uuid4().hex[:8]}"
+    r.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-@dangerous")
+    where = r.connection_pool.connection_kwargs
+    broker = RedisBroker(f"redis://{user}:pw@{where['host']}:{where['port']}/0")
+    await broker.connect()
+    try:
+        for target in ("other", "other", "celery"):
+            waiting = asyncio.create_task(broker.fetch(["celery", "other"], 10, 10.0))
+            await asyncio.sleep(0.3)
+            sent = time.monotonic()
+            await asyncio.to_thread(r.lpush, target, _entry())
+            got = await asyncio.wait_for(waiting, 5)
+            assert len(got) == 1 and time.monotonic() - sent < 1.0, target
+            await broker.ack(got)
+        started = time.monotonic()
+        assert await broker.fetch(["celery", "other"], 10, 0.4) == []
+        assert time.monotonic() - started < 3
+        assert await broker.queue_size("celery") == await broker.queue_size("other") == 0
+    finally:
+        await broker.close()
+        r.execute_command("ACL", "DELUSER", user)
+        r.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_fetch_cancelled_as_its_take_runs_gives_the_messages_back(
+    redis_url: str,
+) -> None:
+    """Cancelled at any point after a push, a waiting fetch leaves the message either in the
+    queue or given back at once: never in flight until its lease lapses."""
+    broker = RedisBroker(redis_url)
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        for delay in (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01):
+            waiting = asyncio.create_task(broker.fetch(["celery"], 10, 10.0))
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(r.lpush, "celery", _entry())
+            end = time.monotonic() + delay
+            while time.monotonic() < end:
+                pass
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                got = await waiting
+                await broker.ack(got)  # it was done before the cancel came
+                continue
+            deadline = time.monotonic() + 3
+            while r.llen("celery") != 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert r.llen("celery") == 1, delay
+            assert int(r.hlen("celeriac.inflight")) == 0, delay
+            r.delete("celery")
+    finally:
+        await broker.close()
+        r.close()
+
+
+@pytest.mark.timeout(30)
+async def test_fetches_side_by_side_each_have_their_own_watch(redis_url: str) -> None:
+    broker = RedisBroker(redis_url, poll_interval=5.0)
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        clients = []
+        for _ in range(3):
+            waiting = [asyncio.create_task(broker.fetch(["celery", "other"], 1, 10.0))
+                       for _ in range(2)]
+            await asyncio.sleep(0.3)
+            sent = time.monotonic()
+            for _ in range(2):
+                await asyncio.to_thread(r.lpush, "other", _entry())
+            got = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+            assert [len(g) for g in got] == [1, 1] and time.monotonic() - sent < 1.0
+            for g in got:
+                await broker.ack(g)
+            clients.append(int(r.info("clients")["connected_clients"]))
+        assert clients[0] == clients[-1]  # the watches' connections are kept, not piled up
+    finally:
+        await broker.close()
+        r.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_kept_watch_connection_closed_by_redis_is_replaced(redis_url: str) -> None:
+    """Redis's ``timeout`` closes idle clients: a take-behind connection kept between waits
+    may be gone by the next one, which opens a new one instead of failing."""
+    r = redis.Redis.from_url(redis_url)
+    old = r.config_get("timeout")["timeout"]
+    broker = RedisBroker(redis_url)
+    await broker.connect()
+    try:
+        r.config_set("timeout", 1)
+        assert await broker.fetch(["celery"], 10, 0.2) == []
+        await asyncio.sleep(2.5)
+        waiting = asyncio.create_task(broker.fetch(["celery"], 10, 5.0))
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(r.lpush, "celery", _entry())
+        got = await asyncio.wait_for(waiting, 5)
+        assert len(got) == 1
+        await broker.ack(got)
+    finally:
+        r.config_set("timeout", old)
+        await broker.close()
+        r.close()
+
+
+@pytest.mark.timeout(60)
+def test_unix_socket_urls_publish_wait_and_take(tmp_path: Path) -> None:
+    """``redis+socket://`` and ``unix://``: a sync send on the blocking connection, an idle
+    fetch woken with its take behind the watch, and a sync ``get()`` on the result backend's
+    blocking wait, all over the socket."""
+    from tests.services import RedisServer
+
+    sock = tmp_path / "redis.sock"
+    server = RedisServer(extra=["--unixsocket", str(sock), "--unixsocketperm", "700"]).start()
+    try:
+        for url, db in ((f"redis+socket://{sock}", 0), (f"unix://{sock}?db=1", 1)):
+            app = Celeriac("unix", broker=url, backend=url)
+            try:
+                sent = app.send_task("tests.unix.add", (1, 2))
+
+                async def take(app: Celeriac = app) -> list[Any]:
+                    broker = await app.broker()
+                    got = await broker.fetch(["celery"], 10, 5.0)
+                    await broker.ack(got)
+                    waiting = asyncio.create_task(broker.fetch(["celery"], 10, 5.0))
+                    await asyncio.sleep(0.2)
+                    await app.asend_task("tests.unix.add", (3, 4))
+                    more = await asyncio.wait_for(waiting, 5)
+                    await broker.ack(more)
+                    return got + more
+
+                got = thread_loop().run_until_complete(take())
+                assert len(got) == 2 and got[0].envelope.headers["id"] == sent.id
+                meta = json.dumps({"status": "SUCCESS", "result": 3, "task_id": sent.id,
+                                   "traceback": None, "children": [], "date_done": None})
+                r = redis.Redis(unix_socket_path=str(sock), db=db)
+                r.set(f"celery-task-meta-{sent.id}", meta, ex=60)
+                r.close()
+                assert sent.get(timeout=5) == 3
+            finally:
+                app.close()
+    finally:
+        server.cleanup()
