@@ -119,12 +119,17 @@ def json_dumps(obj: Any) -> bytes:
             return _stdlib_dumps(obj)
     elif isinstance(obj, uuid.UUID):
         return _stdlib_dumps(obj)
+    return _orjson_dumps(obj)
+
+
+def _orjson_dumps(obj: Any) -> bytes:
+    """orjson, or the stdlib encoder for what orjson refuses (non-str dict keys, integers
+    over 64 bits, UUIDs at the top level...)."""
     try:
         return orjson.dumps(obj, default=_default, option=_OPTS)
     except EncodeError:
         raise
     except TypeError:
-        # non-str dict keys, integers over 64 bits, UUIDs at the top level...
         return _stdlib_dumps(obj)
 
 
@@ -145,12 +150,7 @@ def call_dumper(embed: Any) -> Callable[[Any, Any], bytes]:
         if (not _ATOMIC.issuperset(map(type, args)) and _has_uuid(args)) or (
                 kwargs and _has_uuid(kwargs)):
             return _stdlib_dumps(obj)
-        try:
-            return orjson.dumps(obj, default=_default, option=_OPTS)
-        except EncodeError:
-            raise
-        except TypeError:
-            return _stdlib_dumps(obj)
+        return _orjson_dumps(obj)
 
     return dump
 
