@@ -16,7 +16,10 @@ trip less between a ``delay()`` and the task starting.
 * The take runs only inside a wait: a worker that is not waiting takes nothing, and its
   messages stay free for other workers.
 * A wait that is cancelled hands its watch to a background task, which ends it, reads the
-  take's reply and gives back what it took.
+  take's reply and gives back what it took. So does a watch whose replies are late (a Redis
+  that stalled): they are read, for up to ``LATE_SECONDS``, by a background task, while the
+  fetch fails and is retried.
+* Without the right to ``CLIENT ID`` either, the ``BLMOVE`` times itself, as above.
 * Each wait has a connection of its own (idle ones are kept for the next waits), so waits
   may run side by side.
 """
@@ -42,13 +45,22 @@ log = logging.getLogger("celeriac.redis")
 BLOCK_SECONDS = 10.0
 #: how often a watch told to stop is told again (a BLMOVE on its way is not blocked yet)
 UNBLOCK_EVERY = 0.05
-#: how long the replies of a stopped watch may take before its connection is given up
+#: how long the replies of a stopped watch may take before the wait fails
 REPLY_SECONDS = 5.0
+#: how long replies that came too late for their wait are still read (and given back)
+LATE_SECONDS = 60.0
 
 #: sends ``CLIENT UNBLOCK <id>`` on another connection
 Unblock = Callable[[int], Awaitable[Any]]
 #: gives back what a take whose wait was cancelled took (its reply)
 GiveBack = Callable[[Any], Awaitable[None]]
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A background task's failure is logged, not left unretrieved."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("giving back what a take brought failed (the messages return after "
+                    "their lease): %s", task.exception())
 
 
 class _Watch:
@@ -83,14 +95,24 @@ class TakeBehind:
         if self._closed:
             raise aioredis.ConnectionError("the broker is closed")
         conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        client_id = 0
         try:
-            async with asyncio.timeout(REPLY_SECONDS):
-                await conn.send_command("CLIENT", "ID")
-                client_id = int(await conn.read_response())
+            if self.can_unblock:
+                async with asyncio.timeout(REPLY_SECONDS):
+                    await conn.send_command("CLIENT", "ID")
+                    client_id = int(await conn.read_response(timeout=2 * REPLY_SECONDS))
+        except NoPermissionError:
+            self._cannot_unblock()
         except BaseException:
             await drop_connection(self._pool, conn)
             raise
         return _Watch(conn, client_id, fresh=True)
+
+    def _cannot_unblock(self) -> None:
+        self.can_unblock = False
+        log.warning("CLIENT ID or CLIENT UNBLOCK is not allowed for this Redis user: idle "
+                    "fetches end their waits by a timeout of Redis's or by dropping a "
+                    "connection instead")
 
     async def _run(self, watch: _Watch, key: str, take: tuple[Any, ...], seconds: float) -> Any:
         """BLMOVE and the take; the take's reply (None if refused, e.g. NOSCRIPT). A kept
@@ -100,15 +122,17 @@ class TakeBehind:
         block = max(min(block, BLOCK_SECONDS), 0.001)  # 0 would block for ever
         command = pack([("BLMOVE", key, key, "RIGHT", "RIGHT", f"{block:.3f}"), take])
         while True:
+            owed = 2  # replies still to read: the BLMOVE's, then the take's
             try:
                 async with asyncio.timeout(block + REPLY_SECONDS):
                     await watch.conn.send_packed_command(command, check_health=False)
-                    await watch.conn.read_response()  # the BLMOVE's: an entry, or nil
-                    try:
-                        reply = await watch.conn.read_response()
-                    except ResponseError:
-                        reply = None  # refused; the connection is in step
+                    await self._read(watch.conn)  # the BLMOVE's: an entry, or nil
+                    owed = 1
+                    reply = await self._read(watch.conn)
                 break
+            except TimeoutError:  # a Redis that stalled: its take may yet run
+                self._late(watch.conn, owed)
+                raise
             except (aioredis.ConnectionError, OSError) as exc:
                 await drop_connection(self._pool, watch.conn)
                 if watch.fresh or self._closed:
@@ -117,7 +141,7 @@ class TakeBehind:
                 watch.conn, watch.client_id, watch.fresh = (
                     replacement.conn, replacement.client_id, True)
                 log.debug("take-behind connection replaced: %s", exc)
-            except BaseException:  # cancelled, timed out: replies may be left unread
+            except BaseException:  # cancelled: replies may be left unread
                 await drop_connection(self._pool, watch.conn)
                 raise
         watch.fresh = False
@@ -126,6 +150,41 @@ class TakeBehind:
         else:
             self._idle.append(watch)
         return reply
+
+    @staticmethod
+    async def _read(conn: AbstractConnection) -> Any:
+        """One reply; None for an error reply (a refused take: NOSCRIPT), which leaves the
+        connection in step. (The timeout only keeps the pool's socket_timeout from ending
+        the read first: the caller bounds it. A read cut short by that bound leaves the
+        connection open, for ``_late`` to go on reading: callers drop it themselves.)"""
+        try:
+            return await conn.read_response(timeout=BLOCK_SECONDS + LATE_SECONDS,
+                                            disconnect_on_error=False)
+        except ResponseError:
+            return None
+
+    def _late(self, conn: AbstractConnection, owed: int) -> None:
+        """Read a late watch's remaining replies in the background, give back what its take
+        brought, then drop the connection."""
+
+        async def late() -> None:
+            try:
+                async with asyncio.timeout(LATE_SECONDS):
+                    reply = None
+                    for _ in range(owed):
+                        reply = await self._read(conn)
+                if reply is not None:
+                    await self._give_back(reply)
+            finally:
+                await drop_connection(self._pool, conn)
+
+        self._background(late())
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._salvaging.add(task)
+        task.add_done_callback(self._salvaging.discard)
+        task.add_done_callback(_retrieve)
 
     async def _watch_fresh(self) -> _Watch:
         idle, self._idle = self._idle, []
@@ -139,9 +198,7 @@ class TakeBehind:
             try:
                 await self._unblock(watch.client_id)
             except NoPermissionError:
-                self.can_unblock = False
-                log.warning("CLIENT UNBLOCK is not allowed for this Redis user: idle fetches "
-                            "end their waits by dropping a connection instead")
+                self._cannot_unblock()
                 break
             await asyncio.wait([running], timeout=UNBLOCK_EVERY)
         if not running.done():
@@ -154,22 +211,23 @@ class TakeBehind:
         brought (nobody holds those messages)."""
 
         async def salvage() -> None:
-            with contextlib.suppress(Exception):
+            try:
                 if watch is not None:
                     await self._stop(watch, running)
-                reply = None if running.cancelled() else running.result()
-                if reply is not None:
-                    await self._give_back(reply)
+            finally:
+                if not running.done():
+                    running.cancel()  # could not be ended: dropped (Redis forgets the take)
+                    await asyncio.wait([running])
+            reply = None if running.cancelled() or running.exception() else running.result()
+            if reply is not None:
+                await self._give_back(reply)
 
-        task = asyncio.get_running_loop().create_task(salvage())
-        self._salvaging.add(task)
-        task.add_done_callback(self._salvaging.discard)
+        self._background(salvage())
 
     async def close(self) -> None:
         self._closed = True
-        for task in list(self._salvaging):
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(task, REPLY_SECONDS)
+        while self._salvaging:  # (one may start another)
+            await asyncio.wait(list(self._salvaging), timeout=LATE_SECONDS)
         idle, self._idle = self._idle, []
         for watch in idle:
             await drop_connection(self._pool, watch.conn)

@@ -135,8 +135,9 @@ class ListWatches:
         try:
             async with asyncio.timeout(BLOCK_SECONDS + REPLY_SECONDS):  # not read_response's
                 # timeout: it returns None and leaves the reply to be read as the next one's
+                # (given here only so that the pool's socket_timeout never ends it first)
                 await conn.send_command("BLMOVE", key, key, "RIGHT", "RIGHT", BLOCK_SECONDS)
-                reply = await conn.read_response()
+                reply = await conn.read_response(timeout=BLOCK_SECONDS + 2 * REPLY_SECONDS)
         except BaseException:
             await drop_connection(self._pool, conn)
             raise

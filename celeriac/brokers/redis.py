@@ -555,11 +555,11 @@ class RedisBroker:
 
     async def close(self) -> None:
         client = self._client
+        watches, self._watches = self._watches, None
+        if watches is not None:  # first: what a cancelled wait took goes back on the pipe
+            await watches.close()
         pipe, self._pipe = self._pipe, None
         self._declared.clear()
-        watches, self._watches = self._watches, None
-        if watches is not None:
-            await watches.close()
         if pipe is not None:
             await pipe.close()
         self._client = None

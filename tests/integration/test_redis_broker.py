@@ -1075,3 +1075,100 @@ def test_unix_socket_urls_publish_wait_and_take(tmp_path: Path) -> None:
                 app.close()
     finally:
         server.cleanup()
+
+
+@pytest.mark.timeout(30)
+async def test_idle_watches_outlast_a_short_socket_timeout(redis_url: str) -> None:
+    """A watch blocks longer than the connection's socket_timeout on purpose: that timeout
+    must not end it (and drop its connection) while it waits."""
+    broker = RedisBroker(redis_url, socket_timeout=0.5)
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        assert await broker.fetch(["celery", "other"], 10, 1.2) == []
+        clients = int(r.info("clients")["connected_clients"])
+        assert await broker.fetch(["celery", "other"], 10, 1.2) == []
+        assert int(r.info("clients")["connected_clients"]) == clients
+    finally:
+        await broker.close()
+        r.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_fetch_cancelled_then_closed_at_once_gives_the_messages_back(
+    redis_url: str,
+) -> None:
+    broker = RedisBroker(redis_url)
+    await broker.connect()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        waiting = asyncio.create_task(broker.fetch(["celery"], 10, 10.0))
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(r.lpush, "celery", _entry())
+        end = time.monotonic() + 0.002
+        while time.monotonic() < end:
+            pass
+        waiting.cancel()
+        got: list[Any] = []
+        with contextlib.suppress(asyncio.CancelledError):
+            got = await waiting  # done before the cancel came
+        await broker.close()
+        if not got:
+            assert r.llen("celery") == 1 and r.hlen("celeriac.inflight") == 0
+    finally:
+        await broker.close()
+        r.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_take_that_runs_after_its_wait_gave_up_is_given_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis stalls across a wait's end: the take behind the watch runs once Redis is back,
+    after the fetch has failed; its message is given back, not left in flight."""
+    from celeriac.brokers import _redis_take_behind
+    from tests.services import RedisServer
+
+    monkeypatch.setattr(_redis_take_behind, "REPLY_SECONDS", 0.3)
+    server = RedisServer(extra=["--enable-debug-command", "yes"]).start()
+    broker = RedisBroker(server.url)
+    await broker.connect()
+    r = redis.Redis.from_url(server.url)
+    try:
+        await broker.publish([Outgoing("celery", Envelope(b"[]"), not_before=time.time() + 0.8)])
+        waiting = asyncio.create_task(broker.fetch(["celery"], 10, 30.0))
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(r.execute_command, "DEBUG", "SLEEP", "2.5")
+        with pytest.raises(BrokerConnectionError):
+            await asyncio.wait_for(waiting, 10)
+        got = await broker.fetch(["celery"], 10, 5.0)
+        assert len(got) == 1
+        await broker.ack(got)
+        assert await broker.queue_size("celery") == 0
+    finally:
+        await broker.close()
+        r.close()
+        server.cleanup()
+
+
+@pytest.mark.timeout(30)
+async def test_a_user_without_client_commands_fetches_all_the_same(redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    user = f"no-client-{uuid.uuid4().hex[:8]}"
+    r.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-client")
+    where = r.connection_pool.connection_kwargs
+    broker = RedisBroker(f"redis://{user}:pw@{where['host']}:{where['port']}/0")
+    await broker.connect()
+    try:
+        for target in ("celery", "other"):
+            waiting = asyncio.create_task(broker.fetch(["celery", "other"], 10, 10.0))
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(r.lpush, target, _entry())
+            got = await asyncio.wait_for(waiting, 5)
+            assert len(got) == 1, target
+            await broker.ack(got)
+        assert await broker.fetch(["celery"], 10, 0.3) == []
+    finally:
+        await broker.close()
+        r.execute_command("ACL", "DELUSER", user)
+        r.close()
