@@ -58,9 +58,11 @@ steps 1, 2, 4, 5, 7 and 8).
   watched list (one connection each, kept armed across waits: ``_redis_watch``): a
   non-destructive wait (the entry is popped and pushed back at the same end in one command, so
   the list is unchanged and nothing ever leaves Redis), woken by any ``LPUSH``, Celery's
-  included. When one returns the take script runs. The wait is capped by the next due delayed
-  message or lease deadline (the script returns it) and by ``poll_interval`` (new delayed
-  messages of other producers are seen within it).
+  included. The first queue's own list is watched with the take script queued behind its
+  ``BLMOVE`` instead (``_redis_take_behind``): the take runs as the wake comes, and its
+  reply brings the message. The wait is capped by the next due delayed message or lease
+  deadline (the script returns it) and by ``poll_interval`` (new delayed messages of other
+  producers are seen within it).
 - *Dead letters* go to the list ``celeriac.dead_letter`` (``dead_letter_queue``) as JSON
   ``{"dead_at", "reason", "queue", "priority", "deliveries", "tag", "entry"}``, newest first,
   trimmed to ``dead_letter_limit``.
