@@ -175,9 +175,11 @@ def test_a_silent_server_is_pinged_then_left() -> None:
         other.close()
         assert len(waiter_clients(raw)) == 1  # the silent one was closed
     finally:
-        raw.close()
-        asyncio.run(b.close())
-        server.cleanup()
+        try:
+            raw.close()
+            asyncio.run(b.close())
+        finally:
+            server.cleanup()
 
 
 def test_threads_wait_on_connections_of_their_own(backend: RedisBackend, raw: redis.Redis) -> None:
@@ -221,9 +223,11 @@ def test_a_server_without_resp3_is_waited_on_the_async_way() -> None:
         assert b.waits_blocking is False
         assert b.pubsub_connections == 1
     finally:
-        raw.close()
-        run_sync(b.close())  # its listener runs on this thread's loop
-        server.cleanup()
+        try:
+            raw.close()
+            run_sync(b.close())  # its listener runs on this thread's loop
+        finally:
+            server.cleanup()
 
 
 def test_async_result_get_from_sync_code_uses_the_blocking_wait(redis_url: str) -> None:
