@@ -918,12 +918,14 @@ async def test_a_redis_stall_longer_than_the_reply_bound_loses_nothing(
         assert r.llen("celery") == 0 and await broker.queue_size("celery") == 0
         assert all(isinstance(e, BrokerConnectionError) for e in errors)
     finally:
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer
-        await broker.close()
-        r.close()
-        server.cleanup()
+        try:
+            consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+            await broker.close()
+            r.close()
+        finally:
+            server.cleanup()
 
 
 @pytest.mark.timeout(30)
@@ -1146,9 +1148,11 @@ async def test_a_take_that_runs_after_its_wait_gave_up_is_given_back(
         await broker.ack(got)
         assert await broker.queue_size("celery") == 0
     finally:
-        await broker.close()
-        r.close()
-        server.cleanup()
+        try:
+            await broker.close()
+            r.close()
+        finally:
+            server.cleanup()
 
 
 @pytest.mark.timeout(30)
