@@ -27,7 +27,6 @@ trip less between a ``delay()`` and the task starting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -118,7 +117,7 @@ class TakeBehind:
         """BLMOVE and the take; the take's reply (None if refused, e.g. NOSCRIPT). A kept
         connection that fails before its first reply (closed by Redis while idle) is
         replaced once."""
-        block = min(seconds + 1.0, BLOCK_SECONDS) if self.can_unblock else seconds
+        block = seconds + 1.0 if self.can_unblock else seconds  # timed here, if it can be
         block = max(min(block, BLOCK_SECONDS), 0.001)  # 0 would block for ever
         command = pack([("BLMOVE", key, key, "RIGHT", "RIGHT", f"{block:.3f}"), take])
         while True:
@@ -193,31 +192,29 @@ class TakeBehind:
         return await self._watch()
 
     async def _stop(self, watch: _Watch, running: asyncio.Task[Any]) -> None:
-        """End the watch's BLMOVE now, so its take runs (told again until it has)."""
-        while not running.done() and self.can_unblock:
-            try:
-                await self._unblock(watch.client_id)
-            except NoPermissionError:
-                self._cannot_unblock()
-                break
-            await asyncio.wait([running], timeout=UNBLOCK_EVERY)
-        if not running.done():
-            running.cancel()  # drops the connection: Redis forgets the queued take
-            with contextlib.suppress(BaseException):
-                await running
+        """End the watch's BLMOVE now, so its take runs (told again until it has). Returns
+        with ``running`` done, whatever happens: a watch that cannot be ended is dropped
+        (Redis then forgets the queued take)."""
+        try:
+            while not running.done() and self.can_unblock:
+                try:
+                    await self._unblock(watch.client_id)
+                except NoPermissionError:
+                    self._cannot_unblock()
+                    break
+                await asyncio.wait([running], timeout=UNBLOCK_EVERY)
+        finally:
+            if not running.done():
+                running.cancel()
+                await asyncio.wait([running])
 
     def _salvage(self, watch: _Watch | None, running: asyncio.Task[Any]) -> None:
         """A cancelled wait's watch: end it in the background and give back what its take
         brought (nobody holds those messages)."""
 
         async def salvage() -> None:
-            try:
-                if watch is not None:
-                    await self._stop(watch, running)
-            finally:
-                if not running.done():
-                    running.cancel()  # could not be ended: dropped (Redis forgets the take)
-                    await asyncio.wait([running])
+            if watch is not None:  # (None: ``running`` has ended already)
+                await self._stop(watch, running)
             reply = None if running.cancelled() or running.exception() else running.result()
             if reply is not None:
                 await self._give_back(reply)
@@ -234,8 +231,8 @@ class TakeBehind:
 
 
 class Started:
-    """One wait's take-behind watch: ``await started.running`` waits for it to end by
-    itself; ``stop()`` ends it now; either way ``result()`` is then the take's reply."""
+    """One wait's take-behind watch: ``running`` ends by itself when the BLMOVE returns;
+    ``stop()`` ends it now; either way ``stop()`` then returns the take's reply."""
 
     def __init__(self, owner: TakeBehind, key: str, take: tuple[Any, ...],
                  seconds: float) -> None:

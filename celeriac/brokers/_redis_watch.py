@@ -78,25 +78,6 @@ class ListWatches:
             started.abandon()
             raise
 
-    async def wait(self, keys: Sequence[str], seconds: float) -> bool:
-        """Block until one of the lists ``keys`` holds an entry (True) or ``seconds`` pass
-        (False). A watch that failed raises its error."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        self._discard_returned(keys, stale=True)
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            watches = [self._arm(key) for key in keys]
-            done, _ = await asyncio.wait(watches, timeout=remaining,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                return False
-            if self._discard_returned(keys):
-                return True
-            # only server-side timeouts (or other lists' stale returns): arm again
-
     def _arm(self, key: str) -> asyncio.Task[Any]:
         watch = self._watches.get(key)
         if watch is None:

@@ -804,6 +804,13 @@ class RedisBroker:
         await self._declare_consumed(queues)
         deadline = time.monotonic() + max(timeout, 0.0)
         got, due_in = await self._take(queues, max_count)
+        if got:
+            return got
+        keys = self._keys_for(queues)
+        take = self._pipeline().script_command("take", keys, self._take_args(queues, max_count))
+        primary = self.keys.queue(queues[0], self._step_of(0))  # where most messages land
+        others = [k for i, k in enumerate(keys[5:])  # the lists but the primary (no delayed)
+                  if i % (len(self._serve_steps) + 1) and k != primary]
         while True:
             if got:
                 return got
@@ -811,15 +818,9 @@ class RedisBroker:
             if remaining <= 0:
                 return []
             wait = idle_wait(remaining, None if due_in < 0 else due_in, self.poll_interval)
-            keys = self._keys_for(queues)
-            watched = [k for i, k in enumerate(keys[5:]) if i % (len(self._serve_steps) + 1)]
             watches = self._watches
             if watches is None:
                 raise BrokerConnectionError(f"{self!r} is closed")
-            take = self._pipeline().script_command(
-                "take", keys, self._take_args(queues, max_count))
-            primary = self.keys.queue(queues[0], self._step_of(0))  # where most messages land
-            others = [k for k in watched if k != primary]
             with self._errors("wait for messages"):
                 reply = await watches.wait_taking(primary, take, others, wait)
             if reply is None:  # refused (NOSCRIPT): the usual take loads the script again

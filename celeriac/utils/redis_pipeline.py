@@ -163,7 +163,7 @@ class Pipeline:
         if not wait:
             await self._write(self._script_sent(name, keys, args))
             return None
-        return (await self._ask([self._command(name, keys, args)], (name, keys, args),
+        return (await self._ask([self.script_command(name, keys, args)], (name, keys, args),
                                 on_orphan))[0]
 
     def script_command(self, name: str, keys: Sequence[Any], args: Sequence[Any]
@@ -171,11 +171,10 @@ class Pipeline:
         """The EVALSHA command of ``name``, to send on another connection."""
         return ("EVALSHA", self._shas[name], len(keys), *keys, *args)
 
-    _command = script_command
 
     def _script_sent(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Sent:
         """An EVALSHA nobody waits for (pipelined, as an ack)."""
-        return Sent([self._command(name, keys, args)], None, (name, keys, args))
+        return Sent([self.script_command(name, keys, args)], None, (name, keys, args))
 
     async def _ask(self, commands: list[tuple[Any, ...]], script: ScriptCall | None,
                    on_orphan: Orphaned | None = None) -> list[Any]:

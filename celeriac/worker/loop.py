@@ -301,13 +301,12 @@ class Worker:
                 continue
             try:
                 batch = await self.broker.fetch(self.queues, room, self.fetch_timeout)
-            except BrokerError as exc:
-                log.error("fetching from the broker failed (retrying in %.1fs): %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            except Exception:  # a fault of ours must not stop consuming for good
-                log.exception("internal error while fetching (retrying in %.1fs)", backoff)
+            except Exception as exc:  # a fault of ours must not stop consuming for good either
+                if isinstance(exc, BrokerError):
+                    log.error("fetching from the broker failed (retrying in %.1fs): %s",
+                              backoff, exc)
+                else:
+                    log.exception("internal error while fetching (retrying in %.1fs)", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue

@@ -9,7 +9,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -766,8 +766,29 @@ async def test_a_push_landing_as_an_idle_fetch_starts_waiting_is_seen_at_once(
 # -- the take behind the watch ----------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def _connected(url: str, **options: Any) -> AsyncIterator[tuple[RedisBroker, redis.Redis]]:
+    """A connected broker, and a plain client to look at Redis with; both closed after."""
+    broker = RedisBroker(url, **options)
+    await broker.connect()
+    r = redis.Redis.from_url(url)
+    try:
+        yield broker, r
+    finally:
+        await broker.close()
+        r.close()
+
+
 def _entry() -> bytes:
     return kombu_envelope.dumps(Envelope(b"[]", properties={"priority": 0}), "", "celery")
+
+
+def _hold_the_loop(seconds: float) -> None:
+    """Keep the event loop from running for ``seconds``, as a task's own code would: replies
+    that come meanwhile wait in the socket."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
 
 
 def _last_command(r: redis.Redis, client_id: int) -> str | None:
@@ -781,10 +802,7 @@ def _last_command(r: redis.Redis, client_id: int) -> str | None:
 async def test_an_idle_fetch_gets_its_message_with_the_wake(redis_url: str) -> None:
     """The take runs behind the BLMOVE on the watch's own connection: the message arrives
     with the reply to the wake, taken (in flight), with no take sent after it."""
-    broker = RedisBroker(redis_url)
-    await broker.connect()
-    r = redis.Redis.from_url(redis_url)
-    try:
+    async with _connected(redis_url) as (broker, r):
         waiting = asyncio.create_task(broker.fetch(["celery"], 10, 10.0))
         await asyncio.sleep(0.3)
         await asyncio.to_thread(r.lpush, "celery", _entry())
@@ -796,9 +814,6 @@ async def test_an_idle_fetch_gets_its_message_with_the_wake(redis_url: str) -> N
         assert _last_command(r, watch.client_id) == "evalsha"
         await broker.ack(got)
         assert await broker.queue_size("celery") == 0
-    finally:
-        await broker.close()
-        r.close()
 
 
 @pytest.mark.timeout(30)
@@ -837,10 +852,7 @@ async def test_a_fetch_that_stopped_waiting_takes_nothing_more(redis_url: str) -
 async def test_a_wake_on_another_list_takes_at_once(redis_url: str) -> None:
     """A message on another queue or priority list ends the take-behind watch at once
     (CLIENT UNBLOCK): its take brings the message, long before the wait would end."""
-    broker = RedisBroker(redis_url)
-    await broker.connect()
-    r = redis.Redis.from_url(redis_url)
-    try:
+    async with _connected(redis_url) as (broker, r):
         for target in ("other", "celery\x06\x163"):
             waiting = asyncio.create_task(broker.fetch(["celery", "other"], 10, 10.0))
             await asyncio.sleep(0.3)
@@ -849,19 +861,13 @@ async def test_a_wake_on_another_list_takes_at_once(redis_url: str) -> None:
             got = await asyncio.wait_for(waiting, 5)
             assert len(got) == 1 and time.monotonic() - sent < 1.0, target
             await broker.ack(got)
-    finally:
-        await broker.close()
-        r.close()
 
 
 @pytest.mark.timeout(30)
 async def test_a_take_behind_refused_for_a_lost_script_falls_back(redis_url: str) -> None:
     """After SCRIPT FLUSH (a restarted Redis) the take behind the watch is refused
     (NOSCRIPT): the fetch takes the usual way, which loads the script again."""
-    broker = RedisBroker(redis_url)
-    await broker.connect()
-    r = redis.Redis.from_url(redis_url)
-    try:
+    async with _connected(redis_url) as (broker, r):
         waiting = asyncio.create_task(broker.fetch(["celery"], 10, 10.0))
         await asyncio.sleep(0.3)
         r.script_flush()
@@ -869,9 +875,6 @@ async def test_a_take_behind_refused_for_a_lost_script_falls_back(redis_url: str
         got = await asyncio.wait_for(waiting, 5)
         assert len(got) == 1
         await broker.ack(got)
-    finally:
-        await broker.close()
-        r.close()
 
 
 @pytest.mark.timeout(60)
@@ -963,17 +966,12 @@ async def test_a_fetch_cancelled_as_its_take_runs_gives_the_messages_back(
 ) -> None:
     """Cancelled at any point after a push, a waiting fetch leaves the message either in the
     queue or given back at once: never in flight until its lease lapses."""
-    broker = RedisBroker(redis_url)
-    await broker.connect()
-    r = redis.Redis.from_url(redis_url)
-    try:
+    async with _connected(redis_url) as (broker, r):
         for delay in (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01):
             waiting = asyncio.create_task(broker.fetch(["celery"], 10, 10.0))
             await asyncio.sleep(0.2)
             await asyncio.to_thread(r.lpush, "celery", _entry())
-            end = time.monotonic() + delay
-            while time.monotonic() < end:
-                pass
+            _hold_the_loop(delay)
             waiting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 got = await waiting
@@ -985,17 +983,11 @@ async def test_a_fetch_cancelled_as_its_take_runs_gives_the_messages_back(
             assert r.llen("celery") == 1, delay
             assert int(r.hlen("celeriac.inflight")) == 0, delay
             r.delete("celery")
-    finally:
-        await broker.close()
-        r.close()
 
 
 @pytest.mark.timeout(30)
 async def test_fetches_side_by_side_each_have_their_own_watch(redis_url: str) -> None:
-    broker = RedisBroker(redis_url, poll_interval=5.0)
-    await broker.connect()
-    r = redis.Redis.from_url(redis_url)
-    try:
+    async with _connected(redis_url, poll_interval=5.0) as (broker, r):
         clients = []
         for _ in range(3):
             waiting = [asyncio.create_task(broker.fetch(["celery", "other"], 1, 10.0))
@@ -1010,9 +1002,6 @@ async def test_fetches_side_by_side_each_have_their_own_watch(redis_url: str) ->
                 await broker.ack(g)
             clients.append(int(r.info("clients")["connected_clients"]))
         assert clients[0] == clients[-1]  # the watches' connections are kept, not piled up
-    finally:
-        await broker.close()
-        r.close()
 
 
 @pytest.mark.timeout(30)
@@ -1083,33 +1072,22 @@ def test_unix_socket_urls_publish_wait_and_take(tmp_path: Path) -> None:
 async def test_idle_watches_outlast_a_short_socket_timeout(redis_url: str) -> None:
     """A watch blocks longer than the connection's socket_timeout on purpose: that timeout
     must not end it (and drop its connection) while it waits."""
-    broker = RedisBroker(redis_url, socket_timeout=0.5)
-    await broker.connect()
-    r = redis.Redis.from_url(redis_url)
-    try:
+    async with _connected(redis_url, socket_timeout=0.5) as (broker, r):
         assert await broker.fetch(["celery", "other"], 10, 1.2) == []
         clients = int(r.info("clients")["connected_clients"])
         assert await broker.fetch(["celery", "other"], 10, 1.2) == []
         assert int(r.info("clients")["connected_clients"]) == clients
-    finally:
-        await broker.close()
-        r.close()
 
 
 @pytest.mark.timeout(30)
 async def test_a_fetch_cancelled_then_closed_at_once_gives_the_messages_back(
     redis_url: str,
 ) -> None:
-    broker = RedisBroker(redis_url)
-    await broker.connect()
-    r = redis.Redis.from_url(redis_url)
-    try:
+    async with _connected(redis_url) as (broker, r):
         waiting = asyncio.create_task(broker.fetch(["celery"], 10, 10.0))
         await asyncio.sleep(0.2)
         await asyncio.to_thread(r.lpush, "celery", _entry())
-        end = time.monotonic() + 0.002
-        while time.monotonic() < end:
-            pass
+        _hold_the_loop(0.002)
         waiting.cancel()
         got: list[Any] = []
         with contextlib.suppress(asyncio.CancelledError):
@@ -1117,9 +1095,6 @@ async def test_a_fetch_cancelled_then_closed_at_once_gives_the_messages_back(
         await broker.close()
         if not got:
             assert r.llen("celery") == 1 and r.hlen("celeriac.inflight") == 0
-    finally:
-        await broker.close()
-        r.close()
 
 
 @pytest.mark.timeout(60)
