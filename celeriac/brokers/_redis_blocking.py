@@ -6,6 +6,10 @@ client sends the same commands the async path would, on one blocking connection 
 redis-py opens it (TLS, a unix socket, AUTH, SELECT, the client name), then each publish is
 one ``sendall`` of commands packed by hiredis and ``recv``\\s parsed by a hiredis reader,
 nothing else in between (redis-py's ``read_response`` adds about 20 µs a call).
+
+The reply is first awaited on the CPU for up to ``reply_spin`` seconds (a broker option,
+200 µs by default), then in ``recv``: on a small VM the kernel's wake-up of a sleeping thread
+costs about as much as Redis's whole round trip (``celeriac.utils.spin``).
 """
 
 from __future__ import annotations
@@ -23,14 +27,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from celeriac.utils import forks
 from celeriac.utils.redis_pipeline import first_error, new_reader, pack, raw_connection
+from celeriac.utils.spin import SpinReceiver
 
 
 class BlockingClient:
     """Runs a list of commands in one round trip on one blocking connection."""
 
-    def __init__(self, url: str, pool_options: dict[str, Any]) -> None:
+    def __init__(self, url: str, pool_options: dict[str, Any], reply_spin: float = 0.0) -> None:
         """``pool_options``: the async pool's; its ``retry`` (an asyncio one) is left out:
-        the caller retries (``Celeriac.publish_sync``), reconnecting on the next call."""
+        the caller retries (``Celeriac.publish_sync``), reconnecting on the next call.
+        ``reply_spin``: seconds to wait for a reply on the CPU before sleeping
+        (``SpinReceiver``)."""
         options = {k: v for k, v in pool_options.items() if k not in ("retry", "retry_on_error")}
         self._pool = redis.ConnectionPool.from_url(url, **options)
         self._conn: Any = None
@@ -38,6 +45,7 @@ class BlockingClient:
         self._reader: hiredis.Reader | None = None
         self._forks = forks.generation()
         self._lock = threading.Lock()
+        self._receiver = SpinReceiver(reply_spin)
 
     def run(self, ops: Sequence[tuple[Any, ...]]) -> list[Any]:
         """The replies of ``ops``, sent together; the first error reply raises once every
@@ -59,7 +67,7 @@ class BlockingClient:
                 while len(replies) < len(ops):
                     reply = reader.gets()
                     if reply is False:
-                        data = sock.recv(65536)
+                        data = self._receiver.recv(sock, 65536)
                         if not data:
                             raise RedisConnectionError("connection closed by the server")
                         reader.feed(data)

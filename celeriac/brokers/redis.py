@@ -139,6 +139,7 @@ from celeriac.brokers._common import (
     idle_wait,
     positive_seconds,
     resolve_options,
+    seconds_or_zero,
 )
 from celeriac.brokers._redis_blocking import BlockingClient
 from celeriac.brokers._redis_watch import ListWatches
@@ -184,6 +185,9 @@ DEFAULTS: dict[str, Any] = {
     "socket_keepalive": True,
     "health_check_interval": 0,
     "connection_retries": 2,
+    # seconds a blocking publish (``delay()`` from sync code) waits on the CPU for Redis's
+    # reply before it sleeps (``celeriac.utils.spin``); 0 turns the spin off
+    "reply_spin": 0.0002,
     # sentinel:// only (Celery's names): the master to follow, the sentinels' own
     # connection options (a password of theirs), and how many peers a sentinel must see.
     "master_name": None,
@@ -501,6 +505,7 @@ class RedisBroker:
                          str(opts["dead_letter_queue"]))
         self.dead_letter_limit = max(1, int(opts["dead_letter_limit"]))
         self.sweep_limit = max(1, int(opts["sweep_limit"]))
+        self.reply_spin = seconds_or_zero(opts["reply_spin"], "reply_spin", _WHERE)
         self._pool_options = {
             "max_connections": int(opts["max_connections"]),
             "socket_timeout": opts["socket_timeout"],
@@ -721,7 +726,8 @@ class RedisBroker:
         if blocking is None:
             if self._sentinel is not None or self._client is None:
                 return False  # sentinel: the async pool follows failovers; use ``publish``
-            blocking = self._blocking = BlockingClient(self._conn_url, self._pool_options)
+            blocking = self._blocking = BlockingClient(self._conn_url, self._pool_options,
+                                                           self.reply_spin)
         ops = self._publish_ops(messages)
         try:  # not ``_errors``: a generator-based context manager costs a microsecond a call
             blocking.run(ops)

@@ -229,11 +229,14 @@ def test_the_blocking_connection_closed_by_redis_is_replaced_and_the_send_retrie
     assert [e["headers"]["id"] for e in entries] == [first, second, third]
 
 
-def test_the_blocking_connection_keeps_its_socket_timeout(redis_url: str) -> None:
+@pytest.mark.parametrize("reply_spin", [0.0, 0.0002])
+def test_the_blocking_connection_keeps_its_socket_timeout(redis_url: str, reply_spin: float
+                                                          ) -> None:
     """A reply that does not come within ``socket_timeout`` fails the call with
     ``TimeoutError`` (the kernel times the wait: the socket is blocking in Python's eyes), and
-    the next call runs on a new connection."""
-    client = BlockingClient(redis_url, {"socket_timeout": 0.3, "socket_connect_timeout": 5})
+    the next call runs on a new connection; with or without a spin before the wait."""
+    client = BlockingClient(redis_url, {"socket_timeout": 0.3, "socket_connect_timeout": 5},
+                            reply_spin)
     try:
         assert client.run([("PING",)]) == [b"PONG"]
         sock = client._sock

@@ -1,0 +1,108 @@
+"""SpinReceiver on real sockets: what it returns, and when it stops spinning."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from celeriac.brokers.redis import RedisBroker
+from celeriac.errors import ConfigurationError
+from celeriac.utils import spin
+from celeriac.utils.spin import SpinReceiver
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def _send_later(sock: socket.socket, data: bytes, delay: float) -> threading.Thread:
+    def send() -> None:
+        time.sleep(delay)
+        sock.sendall(data)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+def test_data_already_there_is_taken_while_spinning(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    receiver = SpinReceiver(0.01)
+    b.sendall(b"+PONG\r\n")
+    assert receiver.recv(a, 65536) == b"+PONG\r\n"
+    assert receiver._misses == 0
+
+
+def test_a_reply_later_than_the_spin_is_waited_for_in_the_kernel(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    receiver = SpinReceiver(0.001)
+    sender = _send_later(b, b"late", 0.05)
+    try:
+        assert receiver.recv(a, 65536) == b"late"
+    finally:
+        sender.join()
+    assert receiver._misses == 1
+
+
+def test_spinning_pauses_after_a_run_of_misses_and_resumes_after_the_pause(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    receiver = SpinReceiver(0.0001)
+    for i in range(spin.MISSES_BEFORE_PAUSE):
+        sender = _send_later(b, b"x", 0.01)
+        try:
+            assert receiver.recv(a, 1) == b"x"
+        finally:
+            sender.join()
+        assert receiver._paused == (spin.PAUSE if i == spin.MISSES_BEFORE_PAUSE - 1 else 0)
+    b.sendall(b"y" * spin.PAUSE)
+    for _ in range(spin.PAUSE):
+        assert receiver.recv(a, 1) == b"y"  # without a spin
+    assert receiver._paused == 0
+    b.sendall(b"z")
+    assert receiver.recv(a, 1) == b"z"  # spinning again: a hit
+    assert receiver._misses == 0 and receiver._paused == 0
+
+
+def test_a_closed_peer_reads_as_end_of_stream(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    b.close()
+    assert SpinReceiver(0.01).recv(a, 65536) == b""
+
+
+def test_a_socket_with_a_timeout_of_its_own_keeps_it(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, _ = pair
+    a.settimeout(0.05)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        SpinReceiver(0.01).recv(a, 65536)
+    assert time.monotonic() - start >= 0.04
+
+
+def test_no_spin_on_one_cpu_nor_with_a_zero_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert SpinReceiver(0).budget == 0
+    monkeypatch.setattr(spin.os, "cpu_count", lambda: 1)
+    assert SpinReceiver(0.001).budget == 0
+
+
+@pytest.mark.parametrize("value", ["soon", -0.001, None])
+def test_a_wrong_reply_spin_is_a_configuration_error(value: object) -> None:
+    with pytest.raises(ConfigurationError, match="reply_spin"):
+        RedisBroker("redis://localhost:6379/0", reply_spin=value)
