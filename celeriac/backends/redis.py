@@ -56,6 +56,7 @@ from celeriac.utils.redis_urls import (
     redis_py_url,
     sentinel_pool,
 )
+from celeriac.utils.spin import spin_budget
 from celeriac.utils.sync import run_sync
 
 __all__ = ["DEFAULT_EXPIRES", "GROUP_KEY_PREFIX", "TASK_KEY_PREFIX", "RedisBackend"]
@@ -242,7 +243,9 @@ class RedisBackend:
     Options: ``serializer`` ("json", the default, or "msgpack"; reading accepts both),
     ``global_keyprefix`` (Celery's transport option: prepended to every key and channel),
     ``ping_interval`` (seconds of silence after which the pub/sub connection is PINGed; a
-    connection silent for two intervals is replaced, default 10), and any keyword of redis-py's
+    connection silent for two intervals is replaced, default 10), ``wait_spin`` (seconds a
+    ``get()`` from sync code waits on the CPU for Redis's replies and for the result before it
+    sleeps, default 0.001; 0 turns it off; see ``_redis_blocking_wait``), and any keyword of redis-py's
     connections (``max_connections`` (default 50), ``socket_timeout`` (default 30),
     ``socket_connect_timeout`` (default 5), ``ssl_cert_reqs``, ...).
     """
@@ -257,6 +260,7 @@ class RedisBackend:
         serializer: str = "json",
         global_keyprefix: str = "",
         ping_interval: float = 10.0,
+        wait_spin: float = 0.001,
         **options: Any,
     ) -> None:
         sentinel_options = {k: options.pop(k) for k in SENTINEL_OPTIONS if k in options}
@@ -291,6 +295,7 @@ class RedisBackend:
         if ping_interval <= 0:
             raise ConfigurationError(f"ping_interval must be > 0, got {ping_interval!r}")
         self.ping_interval = float(ping_interval)
+        self.wait_spin = spin_budget(wait_spin, "wait_spin", "redis result backend")
         self._pool_options: dict[str, Any] = {
             "max_connections": 50,
             "socket_timeout": 30.0,
@@ -505,7 +510,7 @@ class RedisBackend:
         if waiter is None:
             waiter = self._waiter = BlockingResultWaiter(
                 self._url, self._pool_options, self.ping_interval, self._ready_meta,
-                LISTENER_NAME)
+                LISTENER_NAME, self.wait_spin)
         try:
             return waiter.wait(self.task_key(task_id), timeout)
         except Unsupported:

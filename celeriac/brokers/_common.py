@@ -51,24 +51,13 @@ def resolve_options(
 
 
 def positive_seconds(value: Any, name: str, where: str) -> float:
-    seconds = _seconds(value, name, where)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{where}: {name} must be a number, not {value!r}") from None
     if not seconds > 0:
         raise ConfigurationError(f"{where}: {name} must be > 0, not {value!r}")
     return seconds
-
-
-def seconds_or_zero(value: Any, name: str, where: str) -> float:
-    seconds = _seconds(value, name, where)
-    if not seconds >= 0:
-        raise ConfigurationError(f"{where}: {name} must be >= 0, not {value!r}")
-    return seconds
-
-
-def _seconds(value: Any, name: str, where: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"{where}: {name} must be a number, not {value!r}") from None
 
 
 def check_fetch_args(queues: Sequence[str], max_count: int) -> None:

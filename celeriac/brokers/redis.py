@@ -139,7 +139,6 @@ from celeriac.brokers._common import (
     idle_wait,
     positive_seconds,
     resolve_options,
-    seconds_or_zero,
 )
 from celeriac.brokers._redis_blocking import BlockingClient
 from celeriac.brokers._redis_watch import ListWatches
@@ -157,6 +156,7 @@ from celeriac.utils.redis_urls import (
     redis_py_url,
     sentinel_pool,
 )
+from celeriac.utils.spin import spin_budget
 
 __all__ = ["Keys", "RedisBroker", "connection_url"]
 
@@ -505,7 +505,7 @@ class RedisBroker:
                          str(opts["dead_letter_queue"]))
         self.dead_letter_limit = max(1, int(opts["dead_letter_limit"]))
         self.sweep_limit = max(1, int(opts["sweep_limit"]))
-        self.reply_spin = seconds_or_zero(opts["reply_spin"], "reply_spin", _WHERE)
+        self.reply_spin = spin_budget(opts["reply_spin"], "reply_spin", _WHERE)
         self._pool_options = {
             "max_connections": int(opts["max_connections"]),
             "socket_timeout": opts["socket_timeout"],

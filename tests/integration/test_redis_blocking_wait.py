@@ -37,9 +37,11 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
         client.close()
 
 
-@pytest.fixture
-def backend(redis_url: str) -> Iterator[RedisBackend]:
-    b = RedisBackend(redis_url, expires=3600)
+@pytest.fixture(params=[0.0, 0.001, 0.5], ids=["no-spin", "spin-1ms", "spin-500ms"])
+def backend(redis_url: str, request: pytest.FixtureRequest) -> Iterator[RedisBackend]:
+    """Without a spin; with the default one (the results below come after it); with one
+    long enough to take them while spinning."""
+    b = RedisBackend(redis_url, expires=3600, wait_spin=request.param)
     try:
         yield b
     finally:

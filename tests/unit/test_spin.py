@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from celeriac.backends.redis import RedisBackend
 from celeriac.brokers.redis import RedisBroker
 from celeriac.errors import ConfigurationError
 from celeriac.utils import spin
@@ -85,15 +86,25 @@ def test_a_closed_peer_reads_as_end_of_stream(pair: tuple[socket.socket, socket.
     assert SpinReceiver(0.01).recv(a, 65536) == b""
 
 
-def test_a_socket_with_a_timeout_of_its_own_keeps_it(
+def test_a_socket_with_a_timeout_of_its_own_spins_and_keeps_its_timeout(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    a, _ = pair
+    a, b = pair
     a.settimeout(0.05)
+    receiver = SpinReceiver(0.01)
+    b.sendall(b"now")
+    assert receiver.recv(a, 65536) == b"now"
+    assert receiver._misses == 0 and a.gettimeout() == 0.05
     start = time.monotonic()
     with pytest.raises(TimeoutError):
-        SpinReceiver(0.01).recv(a, 65536)
+        receiver.recv(a, 65536)
     assert time.monotonic() - start >= 0.04
+    assert receiver._misses == 1 and a.gettimeout() == 0.05
+    sender = _send_later(b, b"later", 0.02)
+    try:
+        assert receiver.recv(a, 65536) == b"later"  # after the spin, within the timeout
+    finally:
+        sender.join()
 
 
 def test_no_spin_on_one_cpu_nor_with_a_zero_budget(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,3 +117,9 @@ def test_no_spin_on_one_cpu_nor_with_a_zero_budget(monkeypatch: pytest.MonkeyPat
 def test_a_wrong_reply_spin_is_a_configuration_error(value: object) -> None:
     with pytest.raises(ConfigurationError, match="reply_spin"):
         RedisBroker("redis://localhost:6379/0", reply_spin=value)
+
+
+@pytest.mark.parametrize("value", ["soon", -1, None])
+def test_a_wrong_wait_spin_is_a_configuration_error(value: object) -> None:
+    with pytest.raises(ConfigurationError, match="wait_spin"):
+        RedisBackend("redis://localhost:6379/0", wait_spin=value)
