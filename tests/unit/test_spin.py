@@ -26,14 +26,22 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
         b.close()
 
 
-def _send_later(sock: socket.socket, data: bytes, delay: float) -> threading.Thread:
+def _received_later(receiver: SpinReceiver, pair: tuple[socket.socket, socket.socket],
+                    data: bytes, delay: float) -> bytes:
+    """What ``receiver`` reads from the first socket while the second sends ``data`` after
+    ``delay`` seconds."""
+    a, b = pair
+
     def send() -> None:
         time.sleep(delay)
-        sock.sendall(data)
+        b.sendall(data)
 
     thread = threading.Thread(target=send)
     thread.start()
-    return thread
+    try:
+        return receiver.recv(a, len(data))
+    finally:
+        thread.join()
 
 
 def test_data_already_there_is_taken_while_spinning(
@@ -49,13 +57,8 @@ def test_data_already_there_is_taken_while_spinning(
 def test_a_reply_later_than_the_spin_is_waited_for_in_the_kernel(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    a, b = pair
     receiver = SpinReceiver(0.001)
-    sender = _send_later(b, b"late", 0.05)
-    try:
-        assert receiver.recv(a, 65536) == b"late"
-    finally:
-        sender.join()
+    assert _received_later(receiver, pair, b"late", 0.05) == b"late"
     assert receiver._misses == 1
 
 
@@ -65,11 +68,7 @@ def test_spinning_pauses_after_a_run_of_misses_and_resumes_after_the_pause(
     a, b = pair
     receiver = SpinReceiver(0.0001)
     for i in range(spin.MISSES_BEFORE_PAUSE):
-        sender = _send_later(b, b"x", 0.01)
-        try:
-            assert receiver.recv(a, 1) == b"x"
-        finally:
-            sender.join()
+        assert _received_later(receiver, pair, b"x", 0.01) == b"x"
         assert receiver._paused == (spin.PAUSE if i == spin.MISSES_BEFORE_PAUSE - 1 else 0)
     b.sendall(b"y" * spin.PAUSE)
     for _ in range(spin.PAUSE):
@@ -100,11 +99,8 @@ def test_a_socket_with_a_timeout_of_its_own_spins_and_keeps_its_timeout(
         receiver.recv(a, 65536)
     assert time.monotonic() - start >= 0.04
     assert receiver._misses == 1 and a.gettimeout() == 0.05
-    sender = _send_later(b, b"later", 0.02)
-    try:
-        assert receiver.recv(a, 65536) == b"later"  # after the spin, within the timeout
-    finally:
-        sender.join()
+    # after the spin, within the timeout:
+    assert _received_later(receiver, pair, b"later", 0.02) == b"later"
 
 
 def test_no_spin_on_one_cpu_nor_with_a_zero_budget(monkeypatch: pytest.MonkeyPatch) -> None:
