@@ -3,13 +3,14 @@
 A thread that sleeps in ``recv`` until a local server's reply comes is woken by the kernel
 through the scheduler: on a small VM that wake alone can cost as much as the server's work,
 and the thread's next microseconds run on cold caches. A blocking ``delay()`` to a Redis on
-the same host or the next rack spends most of its time there. ``SpinReceiver`` asks the
-socket without blocking for up to ``budget`` seconds first, then sleeps as before.
+the same host spends most of its time there. ``SpinReceiver`` asks the socket without
+blocking for up to ``budget`` seconds first, then sleeps as before.
 
 It spins only where it pays: when the data keeps taking longer than the budget (a distant
 server, a long task's result), it stops spinning for a while; it never spins on a machine
 with one CPU (the spinning thread would hold the CPU the server needs), nor on a socket that is
-not a plain ``socket.socket`` (TLS takes no ``recv`` flags).
+not a plain ``socket.socket`` (TLS takes no ``recv`` flags), nor without ``MSG_DONTWAIT``
+(Windows).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class SpinReceiver:
     __slots__ = ("_misses", "_paused", "budget")
 
     def __init__(self, budget: float) -> None:
-        self.budget = budget if budget > 0 and (os.cpu_count() or 1) > 1 else 0.0
+        can = (os.cpu_count() or 1) > 1 and hasattr(socket, "MSG_DONTWAIT")  # (not Windows)
+        self.budget = budget if budget > 0 and can else 0.0
         self._misses = 0
         self._paused = 0
 
