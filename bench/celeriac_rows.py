@@ -70,9 +70,20 @@ def worker_command(loglevel: str = "warning", pool: list[str] | None = None) -> 
             *(pool or SOLO), "-l", loglevel]
 
 
-def configure(broker: str, backend: str) -> None:
-    """Point the bench app at a new store (closing this thread's old connections)."""
+#: settings a row gave the bench app, with the values they replaced (see ``configure``)
+_row_settings: dict[str, Any] = {}
+
+
+def configure(broker: str, backend: str, conf: dict[str, Any] | None = None) -> None:
+    """Point the bench app at a new store (closing this thread's old connections), with a
+    row's own settings (``conf``) in place of the defaults for as long as that row runs."""
     app.close()
+    for name, old in _row_settings.items():
+        app.conf[name] = old
+    _row_settings.clear()
+    for name, value in (conf or {}).items():
+        _row_settings[name] = app.conf[name]
+        app.conf[name] = value
     app.conf.broker_url = broker
     app.conf.result_backend = backend
     app.purge()  # a server given by URL may hold an earlier run's messages
@@ -248,7 +259,8 @@ class CeleriacRow:
     ``in_process``: the broker lives in this process (memory), so workers run on this
     process's loop instead of in their own process. ``pool``: the worker's pool options
     (``-P solo`` unless given, e.g. ``["-P", "prefork", "-c", "2"]``); ``conf``: settings
-    for the worker process only (``CELERIAC_BENCH_CONF``, e.g. ``task_acks_late``). With more than one
+    for the worker process (``CELERIAC_BENCH_CONF``, e.g. ``task_acks_late``) and for the
+    bench's own app, the producer. With more than one
     task at a time, the last task can end a little before others still running: the drain
     figure then is the rate up to the last task's end, and the queue is still checked empty.
     """
@@ -286,15 +298,15 @@ class CeleriacRow:
     def _one(self, p: Params, d: Path, samples: Samples, say: Say, r: int) -> None:
         tag = f"{self.name} #{r + 1}"
         say(f"{tag}: enqueue one at a time")
-        configure(*self._urls(d / "one"))
+        configure(*self._urls(d / "one"), self.conf)
         samples.add("enqueue_one", enqueue_one(p.n, p.warmup))
         say(f"{tag}: enqueue batched")
-        configure(*self._urls(d / "batch"))
+        configure(*self._urls(d / "batch"), self.conf)
         samples.add("enqueue_batch", enqueue_batch(p.n, p.batch))
         for results, figure in ((False, "drain_off"), (True, "drain_on")):
             say(f"{tag}: {figure}")
             broker, backend = self._urls(d / figure)
-            configure(broker, backend)
+            configure(broker, backend, self.conf)
             if self.in_process:
                 app.close()
                 rate = asyncio.run(_drain_in_process(p.n, p.batch, results))
@@ -304,7 +316,7 @@ class CeleriacRow:
             samples.add(figure, rate)
         say(f"{tag}: round trips")
         broker, backend = self._urls(d / "rtt")
-        configure(broker, backend)
+        configure(broker, backend, self.conf)
         if self.in_process:
             app.close()
             lat = asyncio.run(_round_trips_in_process(p.k, p.warmup))

@@ -97,6 +97,11 @@ class PeerRow:
 
 #: Celery peer packages: the SQLAlchemy transport/backend and the Redis ones.
 CELERY_PACKAGES = ["celery[redis]>=5.3,<6", "sqlalchemy>=2"]
+#: celeriac on Redis with the sync callers' waits in the kernel only: ``delay()`` and ``get()``
+#: do not spin before they sleep (``celeriac.utils.spin``), to show what the spins bring
+NO_SPIN: dict[str, object] = {"broker_transport_options": {"reply_spin": 0},
+                              "result_backend_transport_options": {"wait_spin": 0}}
+
 #: celeriac on Redis with late acks and a large prefetch window (a row of its own: these
 #: settings change the figures a lot); the Celery rows use the same two.
 LATE_PREFETCH = 64
@@ -136,6 +141,7 @@ def make_rows(redis_url: str | None, amqp_url: str | None) -> dict[str, Row]:
         "celeriac-redis": celeriac_redis("solo"),
         "celeriac-redis-late": celeriac_redis(late_name, ["-P", "solo", *late],
                                               {"task_acks_late": True}),
+        "celeriac-redis-nospin": celeriac_redis("solo, no spin", conf=NO_SPIN),
         "celeriac-redis-prefork1": celeriac_redis("prefork -c 1", ["-P", "prefork", "-c", "1"]),
         "celeriac-redis-prefork2": celeriac_redis("prefork -c 2", ["-P", "prefork", "-c", "2"]),
         "celeriac-rabbitmq": CeleriacRow(
@@ -167,6 +173,7 @@ PEERS: dict[str, dict[str, list[str]]] = {
         "celeriac-sqlite": ["celery-sqlite"],
         "celeriac-redis": ["celery-redis"],
         "celeriac-redis-late": ["celery-redis-late"],
+        "celeriac-redis-nospin": [],
         "celeriac-redis-prefork1": ["celery-redis-prefork1"],
         "celeriac-redis-prefork2": ["celery-redis-prefork2"],
         "celeriac-rabbitmq": ["celery-rabbitmq"],
