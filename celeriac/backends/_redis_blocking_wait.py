@@ -109,7 +109,7 @@ class _Connection:
                 continue
             self.sock.settimeout(wake - now)
             try:
-                data = receiver.recv(self.sock, 65536)
+                data = receiver.recv(self.sock, 65536, not self.reader.has_data())
             except TimeoutError:
                 continue
             if not data:

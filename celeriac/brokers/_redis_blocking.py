@@ -45,7 +45,8 @@ class BlockingClient:
         self._reader: hiredis.Reader | None = None
         self._forks = forks.generation()
         self._lock = threading.Lock()
-        self._receiver = SpinReceiver(reply_spin)
+        timeout = options.get("socket_timeout")  # the kernel's: the spin stays within it
+        self._receiver = SpinReceiver(min(reply_spin, timeout) if timeout else reply_spin)
 
     def run(self, ops: Sequence[tuple[Any, ...]]) -> list[Any]:
         """The replies of ``ops``, sent together; the first error reply raises once every
@@ -67,7 +68,7 @@ class BlockingClient:
                 while len(replies) < len(ops):
                     reply = reader.gets()
                     if reply is False:
-                        data = self._receiver.recv(sock, 65536)
+                        data = self._receiver.recv(sock, 65536, not reader.has_data())
                         if not data:
                             raise RedisConnectionError("connection closed by the server")
                         reader.feed(data)

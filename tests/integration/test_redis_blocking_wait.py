@@ -20,6 +20,7 @@ from celeriac import Celeriac, states
 from celeriac.backends.redis import LISTENER_NAME, RedisBackend
 from celeriac.errors import BackendError
 from celeriac.testing.backend_kit import celery_meta
+from celeriac.utils import spin
 from celeriac.utils.sync import run_sync
 from tests.services import RedisServer, free_port
 
@@ -40,8 +41,10 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture(params=[0.0, 0.001, 0.5], ids=["no-spin", "spin-1ms", "spin-500ms"])
 def backend(redis_url: str, request: pytest.FixtureRequest) -> Iterator[RedisBackend]:
     """Without a spin; with the default one (the results below come after it); with one
-    long enough to take them while spinning."""
-    b = RedisBackend(redis_url, expires=3600, wait_spin=request.param)
+    long enough to take them while spinning (set past the option's limit, so that the
+    pushes of these tests, 0.2 s in, come inside it)."""
+    b = RedisBackend(redis_url, expires=3600)
+    b.wait_spin = request.param
     try:
         yield b
     finally:
@@ -323,3 +326,24 @@ def test_an_unreadable_stored_result_raises_at_once(backend: RedisBackend, raw: 
     with pytest.raises(BackendError):
         backend.wait_blocking(task_id, 5)
     assert time.monotonic() - started < 2
+
+
+def test_large_results_that_miss_the_spin_pause_it(redis_url: str, raw: redis.Redis) -> None:
+    """A result larger than one read comes in pieces: the first misses the spin, the rest
+    arrives at once. Only the first counts, so waits for slow tasks with large results
+    stop spinning, as those with small ones do."""
+    b = RedisBackend(redis_url, expires=3600, wait_spin=0.001)
+    try:
+        for _ in range(spin.MISSES_BEFORE_PAUSE):
+            task_id = new_id()
+            writer = later(0.02, lambda t=task_id: store(raw, t, states.SUCCESS, "x" * 200_000))
+            meta = b.wait_blocking(task_id, 10)
+            writer.join()
+            assert meta is not None and len(meta["result"]) == 200_000
+        assert b._waiter is not None
+        results = b._waiter._local.conn.results
+        if not results.budget:
+            pytest.skip("one usable CPU: no spin to pause")
+        assert results._paused > 0
+    finally:
+        asyncio.run(b.close())

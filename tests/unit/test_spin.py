@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from celeriac.backends.redis import RedisBackend
+from celeriac.brokers._redis_blocking import BlockingClient
 from celeriac.brokers.redis import RedisBroker
 from celeriac.errors import ConfigurationError
 from celeriac.utils import spin
@@ -103,19 +104,60 @@ def test_a_socket_with_a_timeout_of_its_own_spins_and_keeps_its_timeout(
     assert _received_later(receiver, pair, b"later", 0.02) == b"later"
 
 
-def test_no_spin_on_one_cpu_nor_with_a_zero_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_read_that_continues_a_reply_counts_neither_way(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The rest of a large reply comes at once after its first part missed the spin: that
+    hit must not undo the miss (else a large result's wait would spin for ever)."""
+    receiver = SpinReceiver(0.0001)
+    for i in range(spin.MISSES_BEFORE_PAUSE):
+        assert _received_later(receiver, pair, b"head", 0.01) == b"head"  # a miss
+        assert receiver._misses == (i + 1) % spin.MISSES_BEFORE_PAUSE
+        pair[1].sendall(b"rest")
+        assert receiver.recv(pair[0], 4, scored=False) == b"rest"  # a hit, not counted
+    assert receiver._paused == spin.PAUSE - 1  # (the last read of the rest ran in the pause)
+
+
+def test_no_spin_on_a_socket_of_another_library(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """gevent's sockets subclass the standard one: spinning on them would keep every other
+    greenlet from running."""
+    gevent_socket = pytest.importorskip("gevent.socket")
+    a, b = gevent_socket.socketpair()
+    try:
+        receiver = SpinReceiver(0.0001)
+        assert _received_later(receiver, (a, b), b"late", 0.01) == b"late"
+        assert receiver._misses == 0  # it never spun
+    finally:
+        a.close()
+        b.close()
+
+
+def test_no_spin_with_one_usable_cpu_nor_with_a_zero_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert SpinReceiver(0).budget == 0
-    monkeypatch.setattr(spin.os, "cpu_count", lambda: 1)
+    if hasattr(spin.os, "sched_getaffinity"):  # pinned to one CPU of several
+        monkeypatch.setattr(spin.os, "sched_getaffinity", lambda _pid: {0})
+        monkeypatch.setattr(spin.os, "cpu_count", lambda: 2)
+    else:
+        monkeypatch.setattr(spin.os, "cpu_count", lambda: 1)
     assert SpinReceiver(0.001).budget == 0
 
 
-@pytest.mark.parametrize("value", ["soon", -0.001, None])
+@pytest.mark.parametrize("value", ["soon", -0.001, None, True, "inf", float("nan"), 0.5])
 def test_a_wrong_reply_spin_is_a_configuration_error(value: object) -> None:
     with pytest.raises(ConfigurationError, match="reply_spin"):
         RedisBroker("redis://localhost:6379/0", reply_spin=value)
 
 
-@pytest.mark.parametrize("value", ["soon", -1, None])
+@pytest.mark.parametrize("value", ["soon", -1, None, False, float("inf"), 1])
 def test_a_wrong_wait_spin_is_a_configuration_error(value: object) -> None:
     with pytest.raises(ConfigurationError, match="wait_spin"):
         RedisBackend("redis://localhost:6379/0", wait_spin=value)
+
+
+def test_the_blocking_publish_spins_no_longer_than_its_socket_timeout() -> None:
+    client = BlockingClient("redis://localhost:6379/0", {"socket_timeout": 0.005}, 0.01)
+    assert client._receiver.budget in (0.0, 0.005)  # (0: one usable CPU)
