@@ -10,7 +10,9 @@ For each row (a system on a broker) and no-op tasks, on this machine:
 
 How each is measured (and what is left out of the clock) is in ``bench/celeriac_rows.py``;
 peers follow the same method in their drivers (``bench/peers/``). Every figure is measured
-``--repeat`` times and shown as the median with the spread (min-max).
+``--repeat`` times and shown as the median with the spread (min-max). The repeats run in
+rounds (every row once per round, in turn), so that a slow stretch of a shared machine falls
+on all rows alike.
 
     python -m bench                                 # celeriac memory + sqlite, 3 repeats
     python -m bench --peers celery --json out.json  # + Celery 5 on sqla+sqlite (.venv-bench)
@@ -197,36 +199,47 @@ def run(args: argparse.Namespace, keys: list[str], private: PrivateRedis | None)
                     warmup=args.warmup)
     top = Path(tempfile.mkdtemp(prefix="celeriac-bench-"))
     results: dict[str, dict[str, Any]] = {}
+    merged: dict[str, Samples] = {}
     failed = False
+    once = dataclasses.replace(params, repeat=1)
     try:
-        for key in keys:
-            row = rows[key]
-            entry: dict[str, Any] = {"name": row.name, "mode": row.mode}
-            results[key] = entry
-            reason = row.unavailable()
-            if reason:
-                entry["error"] = f"skipped: {reason}"
-                console.print(f"[yellow]{row.name}: skipped ({reason})[/]")
-                continue
-            if private is not None and key in REDIS_ROWS:
-                private.flush()  # each row starts on an empty server
-            started = time.monotonic()
-            try:
-                with console.status(f"{row.name}") as status:
-                    row_params = params
-                    if args.peer_n and isinstance(row, PeerRow):
-                        row_params = dataclasses.replace(params, n=args.peer_n)
-                    entry["n"] = row_params.n
-                    samples: Samples = row.run(row_params, top / key,
-                                               lambda text: status.update(text))
-            except Exception as exc:
-                failed = True
-                entry["error"] = f"failed: {type(exc).__name__}: {exc}"
-                console.print(f"[red]{row.name} failed[/]\n{traceback.format_exc()}")
-                continue
-            entry.update(samples.to_json())
-            entry["summary"] = {f: summary(v) for f, v in samples.values.items() if v}
-            console.print(f"{row.name}: done in {time.monotonic() - started:.0f}s")
+        # Rounds: each row runs once per round, in turn, so that the VM's drift over the run
+        # falls on every row alike rather than on whichever row ran in a slow stretch.
+        for r in range(params.repeat):
+            for key in keys:
+                row = rows[key]
+                entry = results.setdefault(key, {"name": row.name, "mode": row.mode})
+                if "error" in entry:
+                    continue
+                reason = row.unavailable()
+                if reason:
+                    entry["error"] = f"skipped: {reason}"
+                    console.print(f"[yellow]{row.name}: skipped ({reason})[/]")
+                    continue
+                if private is not None and key in REDIS_ROWS:
+                    private.flush()  # each row starts on an empty server
+                started = time.monotonic()
+                try:
+                    with console.status(f"{row.name}") as status:
+                        row_params = once
+                        if args.peer_n and isinstance(row, PeerRow):
+                            row_params = dataclasses.replace(once, n=args.peer_n)
+                        entry["n"] = row_params.n
+                        samples: Samples = row.run(row_params, top / key / f"round{r}",
+                                                   lambda text: status.update(text))
+                except Exception as exc:
+                    failed = True
+                    entry["error"] = f"failed: {type(exc).__name__}: {exc}"
+                    console.print(f"[red]{row.name} failed[/]\n{traceback.format_exc()}")
+                    continue
+                total = merged.setdefault(key, Samples())
+                for figure, values in samples.values.items():
+                    total.values.setdefault(figure, []).extend(values)
+                total.notes.extend(n for n in samples.notes if n not in total.notes)
+                entry.update(total.to_json())
+                entry["summary"] = {f: summary(v) for f, v in total.values.items() if v}
+                console.print(f"{row.name} ({row.mode.replace(chr(10), ' ')}): round {r + 1} "
+                              f"of {params.repeat} done in {time.monotonic() - started:.0f}s")
     finally:
         if args.keep:
             console.print(f"kept {top}")
