@@ -87,31 +87,26 @@ class SpinReceiver:
             self._paused -= 1
             return sock.recv(size)
         timeout = sock.gettimeout()
-        if timeout is None:
-            data = _spin(sock, size, self.budget)
-            if data is None:
-                self._missed(scored)
-                data = sock.recv(size)
-            elif scored:
-                self._misses = 0
-            return data
-        # With a timeout of its own, CPython polls before each recv: not while spinning.
         start = perf_counter()
-        sock.settimeout(0.0)
+        if timeout is not None:  # CPython would poll before each recv: not while spinning
+            sock.settimeout(0.0)
         try:
-            data = _spin(sock, size, min(self.budget, timeout))
+            data = _spin(sock, size, self.budget if timeout is None
+                         else min(self.budget, timeout))
             if data is not None:
                 if scored:
                     self._misses = 0
                 return data
             self._missed(scored)
-            left = timeout - (perf_counter() - start)
-            if left <= 0:
-                raise TimeoutError("timed out")
-            sock.settimeout(left)
+            if timeout is not None:  # what is left of the socket's own timeout
+                left = timeout - (perf_counter() - start)
+                if left <= 0:
+                    raise TimeoutError("timed out")
+                sock.settimeout(left)
             return sock.recv(size)
         finally:
-            sock.settimeout(timeout)
+            if timeout is not None:
+                sock.settimeout(timeout)
 
     def _missed(self, scored: bool) -> None:
         if not scored:
