@@ -15,18 +15,35 @@ restarted without a queue gets it back before a publish needs it. Errors: a lost
 raises ``BrokerConnectionError`` (the caller retries per its policy), a refusal by the node (an
 unroutable message, a nack, a channel closed by an error) ``BrokerError``, as ``publish``; a
 publish not confirmed within ``timeout`` raises ``BrokerError`` (it may still land).
+
+**A confirm window** (``window`` > 0, the broker's ``confirm_window``) trades that guarantee for
+throughput: a publish returns once its frames are written, and up to ``window`` messages may
+await their confirm, kept here until it comes. RabbitMQ confirms a persistent message after its
+fsync, and one fsync covers every message waiting for it, so messages in flight together cost
+about what one does. Confirms are read without waiting once half the window is owed, and
+waited for only when it is full (a publish that finds no room within ``timeout`` raises
+``BrokerError`` and is not sent). What is owed is sent again, at least once in all (it then
+comes after later ones): when it is nacked (given up after ``MAX_NACKS``), when its connection
+is lost, or when the node closes the channel for a refusal (then one message at a time, each
+confirmed, so that the one at fault is given up alone). A message given up, or returned as
+unroutable, is logged as an error and reported by the next ``flush``. ``flush`` waits for
+every confirm; the broker's ``close`` and the interpreter's exit call it. A process that ends
+without either (``os._exit``, a signal) loses what it still owed.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import logging
 import os
 import socket
 import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pamqp import commands as spec
@@ -38,12 +55,37 @@ from celeriac.brokers import _amqp_topology as topo
 from celeriac.errors import BrokerConnectionError, BrokerError
 from celeriac.utils import forks
 
+log = logging.getLogger(__name__)
+
 #: The one channel this connection opens.
 CHANNEL = 1
 _FRAME_HEADER = struct.Struct(">BHI")
+#: How many nacks of one message, in a confirm window, before it is given up.
+MAX_NACKS = 3
 
 #: A publish ready to write: exchange, routing key, properties, body.
 Item = tuple[str, str, spec.Basic.Properties, bytes]
+
+
+class _Owed:
+    """A message written in a confirm window and not yet confirmed."""
+
+    __slots__ = ("item", "mandatory", "nacks")
+
+    def __init__(self, item: Item, mandatory: bool) -> None:
+        self.item = item
+        self.mandatory = mandatory
+        self.nacks = 0
+
+
+#: Channels with a confirm window, flushed when the interpreter exits.
+_windowed: weakref.WeakSet[BlockingChannel] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for channel in list(_windowed):
+        channel.close()
 
 
 class _Refused(Exception):
@@ -56,71 +98,243 @@ class BlockingChannel:
 
     def __init__(self, endpoint: topo.Endpoint, *, timeout: float, connect_timeout: float,
                  idle_seconds: float | None,
-                 declarations: Callable[[], Sequence[tuple[Any, ...]]] = list) -> None:
+                 declarations: Callable[[], Sequence[tuple[Any, ...]]] = list,
+                 window: int = 0) -> None:
         """``declarations``: what to declare on each new connection, in order (the items of
-        ``_amqp_topology.declare_frame``)."""
+        ``_amqp_topology.declare_frame``); ``window``: the confirm window (0: none)."""
         self.endpoint = endpoint
         self.declarations = declarations
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.idle_seconds = idle_seconds
+        self.window = window
         self._sock: socket.socket | None = None
         self._buf = bytearray()
         self._tag = 0  # the delivery tag of the last publish on this channel
+        self._owed: dict[int, _Owed] = {}  # confirm window: delivery tag -> message, in order
+        self._again: list[_Owed] = []  # confirm window: to write again (nacked, or lost)
+        self._probing = False  # confirm window: a refusal closed the channel (_probe_again)
+        self._refused: list[str] = []  # confirm window: messages given up, for ``flush``
         self._max_content = 131072 - 8
         self._blocked: str | None = None  # connection.blocked's reason, until unblocked
         self._used = 0.0
         self._forks = forks.generation()
         self._lock = threading.Lock()
+        if window:
+            _windowed.add(self)
 
     def publish(self, items: Sequence[Item], mandatory: bool = True) -> None:
-        """Write ``items`` together; return once the node confirmed every one."""
+        """Write ``items`` together; return once the node confirmed every one (with a confirm
+        window: once they are written and the window has room)."""
         if self._forks != forks.generation():
-            # forked: the socket is the parent's (leave it be), and the lock may have been
-            # held by a parent thread that does not exist here
+            # forked: the socket is the parent's (leave it be), what it owes is the parent's,
+            # and the lock may have been held by a parent thread that does not exist here
             self._lock = threading.Lock()
             self._sock = None
+            self._owed, self._again, self._refused = {}, [], []
             self._forks = forks.generation()
         with self._lock:
-            now = time.monotonic()
             if self._sock is not None and self.idle_seconds is not None \
-                    and now - self._used > self.idle_seconds:
+                    and time.monotonic() - self._used > self.idle_seconds:
+                if self._owed:  # their confirms are in by now: take them, not send again
+                    with contextlib.suppress(OSError, ConnectionError, _Refused):
+                        self._settle(None, 0)
                 self._drop()
             if self._sock is None:
                 self._open()
-            sock = self._sock
-            assert sock is not None
-            try:
-                payload = b"".join(
-                    _amqp_codec.publish_frames(CHANNEL, ex, key, mandatory, props, body,
-                                               self._max_content)
-                    for ex, key, props, body in items)
-                sock.sendall(payload)
-                first = self._tag + 1
-                self._tag += len(items)
-                self._await_confirms(first, self._tag, time.monotonic() + self.timeout)
+            with self._failures(len(items)):
+                if self.window:
+                    self._publish_in_window(items, mandatory)
+                else:
+                    self._write(items, mandatory)
+                    self._await_confirms(self._tag - len(items) + 1, self._tag,
+                                         time.monotonic() + self.timeout)
                 self._used = time.monotonic()
-            except BrokerError:
-                self._used = time.monotonic()  # refused, every reply read: still in step
-                raise
+
+    @contextlib.contextmanager
+    def _failures(self, count: int) -> Iterator[None]:
+        """What goes wrong in a publish of ``count`` messages, as celeriac's errors."""
+        try:
+            yield
+        except BrokerError:
+            self._used = time.monotonic()  # refused, every reply read: still in step
+            raise
+        except _Refused as exc:
+            self._drop()
+            raise BrokerError(f"RabbitMQ refused the publish: {exc}") from None
+        except TimeoutError:
+            if not self.window:
+                self._drop()  # confirms still to come would be taken for the next publish's
+            why = f"blocked by RabbitMQ: {self._blocked}" if self._blocked \
+                else "is a memory or disk alarm blocking publishers?"
+            if self.window:
+                raise BrokerError(
+                    f"RabbitMQ confirmed too few of the {len(self._owed)} message(s) in the "
+                    f"confirm window within {self.timeout}s to send {count} more; not sent "
+                    f"({why})") from None
+            raise BrokerError(f"RabbitMQ did not confirm {count} message(s) within "
+                              f"{self.timeout}s ({why})") from None
+        except (OSError, ConnectionError) as exc:
+            self._drop()
+            raise BrokerConnectionError(
+                f"publish to {self.endpoint.redacted()}: connection lost ({exc})") from None
+        except BaseException:
+            # anything raised between two reads (a soft time limit's signal): frames
+            # may be left unread, so the connection goes
+            self._drop()
+            raise
+
+    def _write(self, items: Sequence[Item], mandatory: bool) -> None:
+        sock = self._sock
+        assert sock is not None
+        sock.sendall(b"".join(
+            _amqp_codec.publish_frames(CHANNEL, ex, key, mandatory, props, body,
+                                       self._max_content)
+            for ex, key, props, body in items))
+        self._tag += len(items)
+
+    # -- the confirm window -----------------------------------------------------------------
+
+    def _publish_in_window(self, items: Sequence[Item], mandatory: bool) -> None:
+        room = max(0, self.window - len(items))
+        deadline = time.monotonic() + self.timeout
+        self._write_again()
+        while len(self._owed) + len(self._again) > room:
+            try:
+                self._settle(deadline, room)
             except _Refused as exc:
+                self._channel_refused(exc)
+                self._open()
+            self._write_again()
+        first = self._tag + 1
+        self._write(items, mandatory)
+        for tag, item in enumerate(items, first):
+            self._owed[tag] = _Owed(item, mandatory)
+        if len(self._owed) < self.window // 2:
+            return  # confirms wait in the socket's buffer until the window is half full
+        try:
+            self._settle(None, 0)  # take what has come in, without waiting
+        except _Refused as exc:
+            self._channel_refused(exc)
+        except (OSError, ConnectionError):
+            self._drop()  # written: what is owed goes again on the next connection
+
+    def _channel_refused(self, exc: _Refused) -> None:
+        """A message owed closed the channel (say, its exchange is gone), and the node
+        forgot every publish after it: all that is owed goes again on a new connection, one
+        at a time (``_probe_again``), so that the one at fault is known."""
+        log.warning("RabbitMQ closed the publishing channel (%s); opening it anew", exc)
+        self._probing = True
+        self._drop()
+
+    def _settle(self, deadline: float | None, room: int) -> None:
+        """Read confirms until at most ``room`` messages are owed, by ``deadline``; with no
+        deadline, read only what has already come in."""
+        while deadline is None or len(self._owed) > room:
+            frame = self._read(deadline)
+            if frame is None:
+                return
+            if isinstance(frame, spec.Basic.Ack | spec.Basic.Nack):
+                settled = self._pop_owed(frame.delivery_tag, bool(frame.multiple))
+                if isinstance(frame, spec.Basic.Nack):
+                    for one in settled:
+                        one.nacks += 1
+                    self._again.extend(settled)
+            elif isinstance(frame, spec.Basic.Return):
+                header = self._read_content(deadline or time.monotonic() + self.timeout)
+                self._give_up(header.properties, f"unroutable (exchange {frame.exchange!r} "
+                              f"key {frame.routing_key!r}): {frame.reply_text}")
+
+    def _pop_owed(self, tag: int, multiple: bool) -> list[_Owed]:
+        owed = self._owed
+        if not multiple:
+            one = owed.pop(tag, None)
+            return [] if one is None else [one]
+        settled = []
+        while owed:
+            first = next(iter(owed))
+            if first > tag:
+                break
+            settled.append(owed.pop(first))
+        return settled
+
+    def _write_again(self) -> None:
+        """Write once more what was nacked or left unconfirmed by a lost connection; give up
+        what was nacked ``MAX_NACKS`` times."""
+        if not self._again:
+            return
+        if self._probing:
+            self._probe_again()
+            return
+        again = []
+        for one in self._again:
+            if one.nacks >= MAX_NACKS:
+                self._give_up(one.item[2], f"nacked {one.nacks} times")
+            else:
+                again.append(one)
+        sock = self._sock
+        assert sock is not None
+        sock.sendall(b"".join(
+            _amqp_codec.publish_frames(CHANNEL, ex, key, one.mandatory, props, body,
+                                       self._max_content)
+            for one in again for ex, key, props, body in (one.item,)))
+        self._again = []
+        for tag, one in enumerate(again, self._tag + 1):
+            self._owed[tag] = one
+        self._tag += len(again)
+
+    def _probe_again(self) -> None:
+        """After a channel closed by a refusal: write what is owed one message at a time,
+        each confirmed before the next; the one the node refuses again is given up."""
+        while self._again:
+            one = self._again[0]
+            self._write([one.item], one.mandatory)
+            try:
+                self._await_confirms(self._tag, self._tag, time.monotonic() + self.timeout)
+            except _Refused as exc:
+                self._give_up(one.item[2], f"refused: {exc}")
+                del self._again[0]
                 self._drop()
-                raise BrokerError(f"RabbitMQ refused the publish: {exc}") from None
-            except TimeoutError:
-                self._drop()
-                why = f"blocked by RabbitMQ: {self._blocked}" if self._blocked \
-                    else "is a memory or disk alarm blocking publishers?"
-                raise BrokerError(f"RabbitMQ did not confirm {len(items)} message(s) within "
-                                  f"{self.timeout}s ({why})") from None
-            except (OSError, ConnectionError) as exc:
-                self._drop()
-                raise BrokerConnectionError(
-                    f"publish to {self.endpoint.redacted()}: connection lost ({exc})") from None
-            except BaseException:
-                # anything raised between two reads (a soft time limit's signal): frames
-                # may be left unread, so the connection goes
-                self._drop()
-                raise
+                self._open()
+                continue
+            except BrokerError as exc:  # unroutable, or nacked
+                self._give_up(one.item[2], str(exc))
+            del self._again[0]
+        self._probing = False
+
+    def _give_up(self, props: Any, why: str) -> None:
+        what = f"message {getattr(props, 'correlation_id', None) or '?'} {why}"
+        log.error("RabbitMQ did not take a message published earlier: %s", what)
+        self._refused.append(what)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every message in the confirm window is confirmed (``timeout``: the
+        publish timeout); raise ``BrokerError`` for those given up since the last flush."""
+        if self._forks != forks.generation():
+            return  # what is owed is the parent's
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        with self._lock:
+            while self._owed or self._again:
+                try:
+                    if self._sock is None:
+                        self._open()
+                    self._write_again()
+                    self._settle(deadline, 0)
+                except TimeoutError:
+                    raise BrokerError(f"RabbitMQ did not confirm {len(self._owed)} message(s) "
+                                      f"within {timeout or self.timeout}s") from None
+                except _Refused as exc:
+                    self._channel_refused(exc)
+                except (OSError, ConnectionError):
+                    self._drop()
+                    if time.monotonic() > deadline:
+                        raise BrokerConnectionError(
+                            f"{len(self._again)} message(s) unconfirmed: no connection to "
+                            f"{self.endpoint.redacted()}") from None
+            refused, self._refused = self._refused, []
+        if refused:
+            raise BrokerError(f"RabbitMQ did not take {len(refused)} message(s) published "
+                              f"earlier: {'; '.join(refused[:5])}")
 
     def _await_confirms(self, first: int, last: int, deadline: float) -> None:
         """Read until every tag in ``first..last`` is acked or nacked (in any order); a
@@ -137,7 +351,7 @@ class BlockingChannel:
                 nacked = nacked or (isinstance(frame, spec.Basic.Nack) and bool(settled))
             elif isinstance(frame, spec.Basic.Return):
                 returned.append(frame)
-                self._skip_content(deadline)
+                self._read_content(deadline)
         if returned:
             frame = returned[0]
             raise BrokerError(
@@ -146,15 +360,19 @@ class BlockingChannel:
         if nacked:
             raise BrokerError("RabbitMQ refused (nacked) a message")
 
-    def _skip_content(self, deadline: float) -> None:
-        """Read past the content header and body frames that follow a ``basic.return``."""
-        remaining = int(self._read(deadline).body_size)
+    def _read_content(self, deadline: float) -> Any:
+        """Read the content header and body frames that follow a ``basic.return``; return
+        the header."""
+        header = self._read(deadline)
+        remaining = int(header.body_size)
         while remaining > 0:
             remaining -= len(self._read(deadline).value)
+        return header
 
-    def _read(self, deadline: float) -> Any:
+    def _read(self, deadline: float | None) -> Any:
         """The next frame on our channel, by ``deadline`` (``time.monotonic()``; else
-        ``TimeoutError``); connection-level frames are handled here."""
+        ``TimeoutError``), or with no deadline the next one already in (else None);
+        connection-level frames are handled here."""
         sock = self._sock
         assert sock is not None
         buf = self._buf
@@ -167,11 +385,20 @@ class BlockingChannel:
                     frame = _amqp_codec.unmarshal(data)[2]
                     if not self._control(frame):
                         return frame
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("timed out")
-            sock.settimeout(left)
-            chunk = sock.recv(65536)
+            if deadline is None:
+                sock.settimeout(0.0)
+                try:
+                    chunk = sock.recv(65536)
+                except (BlockingIOError, ssl.SSLWantReadError):
+                    return None
+                finally:
+                    sock.settimeout(self.timeout)  # for the writes that follow
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("timed out")
+                sock.settimeout(left)
+                chunk = sock.recv(65536)
             if not chunk:
                 raise ConnectionError("connection closed by RabbitMQ")
             buf += chunk
@@ -267,10 +494,20 @@ class BlockingChannel:
     def _drop(self) -> None:
         sock, self._sock = self._sock, None
         self._buf = bytearray()
+        if self._owed:  # their confirms will never come: they go again on the next connection
+            self._again.extend(self._owed.values())
+            self._owed = {}
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
 
     def close(self) -> None:
+        """Flush the confirm window (errors are logged), then close."""
+        if self._owed or self._again:
+            try:
+                self.flush()
+            except (BrokerError, OSError) as exc:
+                log.error("closing the publishing channel: %s", exc)
         with self._lock:
             self._drop()
+            self._owed, self._again = {}, []

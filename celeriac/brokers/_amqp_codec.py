@@ -250,18 +250,40 @@ def _encode_value(value: Any) -> bytes:
     return pamqp_encode.encode_table_value(value)
 
 
+#: A table key as written (length byte and UTF-8), by key: headers repeat the same few keys.
+_table_keys: dict[str, bytes] = {}
+
+
+def _table_key(key: Any) -> bytes:
+    if type(key) is not str:
+        raise _Unhandled
+    raw = key.encode()
+    if len(raw) > 128:
+        raise _Unhandled  # pamqp truncates it, with a warning
+    out = _U8.pack(len(raw)) + raw
+    if len(_table_keys) < 4096:
+        _table_keys[key] = out
+    return out
+
+
 def _encode_table(table: dict[str, Any]) -> bytes:
     if not table:
         return b"\0\0\0\0"
     parts: list[bytes] = []
-    for key, value in sorted(table.items()):
-        if type(key) is not str:
-            raise _Unhandled
-        raw = key.encode()
-        if len(raw) > 128:
-            raise _Unhandled  # pamqp truncates it, with a warning
-        parts.append(_U8.pack(len(raw)) + raw)
-        parts.append(_encode_value(value))
+    append = parts.append
+    keys = _table_keys
+    for key in sorted(table):
+        append(keys.get(key) or _table_key(key))
+        value = table[key]
+        # the usual kinds inline (a Celery header is mostly strings and None), others below
+        if type(value) is str:
+            raw = value.encode()
+            append(b"S" + _U32.pack(len(raw)))
+            append(raw)
+        elif value is None:
+            append(b"V")
+        else:
+            append(_encode_value(value))
     out = b"".join(parts)
     return _U32.pack(len(out)) + out
 

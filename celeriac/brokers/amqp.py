@@ -14,7 +14,10 @@ one.
 (RabbitMQ's memory alarm blocks publishers with ``connection.blocked``) raises ``BrokerError``.
 Sync code (``delay()`` from a script) publishes on a blocking channel of its own
 (``publish_blocking``, ``_amqp_blocking``) once a route is declared, with the same frames and
-the same errors, and no event loop turn per call.
+the same errors, and no event loop turn per call. With ``confirm_window`` = N (default 0) a
+sync publish returns once written, while up to N messages await their confirm, kept in memory
+and sent again until confirmed; ``close`` and the interpreter's exit wait for them (see
+``_amqp_blocking``).
 
 **Fetching.** With ``fetch_mode="consume"`` (the default: workers), a waiting ``fetch``
 starts consumers on its queues (QoS prefetch = the first ``max_count`` asked, per consumer, so
@@ -91,6 +94,7 @@ _DEFAULTS: dict[str, Any] = {
     "task_queues": None,
     "queue_arguments": None,
     "confirm_publish": True,
+    "confirm_window": 0,
     "prefetch_count": None,
     "heartbeat": 60.0,
     "connect_timeout": 10.0,
@@ -200,6 +204,11 @@ class AMQPBroker:
         self.heartbeat = float(hb) if hb else None
         self._heartbeat_given = "heartbeat" in options
         self.confirm_publish = bool(opts["confirm_publish"])
+        window = opts["confirm_window"]
+        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+            raise ConfigurationError(
+                f"{where}: confirm_window must be a whole number >= 0, not {window!r}")
+        self.confirm_window = window
         self.persistent = bool(opts["persistent"])
         self.max_deliveries = int(opts["max_deliveries"] or 0)
         self.prefetch_count = int(opts["prefetch_count"]) if opts["prefetch_count"] else None
@@ -535,7 +544,8 @@ class AMQPBroker:
         if channel is None:
             channel = self._blocking = _amqp_blocking.BlockingChannel(
                 self.endpoint, timeout=self.publish_timeout, connect_timeout=self.connect_timeout,
-                idle_seconds=self.heartbeat, declarations=lambda: list(self._declare_log))
+                idle_seconds=self.heartbeat, declarations=lambda: list(self._declare_log),
+                window=self.confirm_window)
         channel.publish(items)
         self._keep_loop_alive()
         return True

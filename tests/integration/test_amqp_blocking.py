@@ -14,7 +14,7 @@ import pytest
 
 from celeriac import Celeriac
 from celeriac.brokers.amqp import AMQPBroker
-from celeriac.errors import BrokerError
+from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.message import Envelope, Outgoing
 from celeriac.utils.sync import run_sync, thread_loop
 
@@ -245,3 +245,192 @@ async def test_without_confirms_sync_sends_take_the_async_path(amqp_url: str) ->
         assert broker._blocking is None
     finally:
         await broker.close()
+
+
+# -- the confirm window (``confirm_window``) ------------------------------------------------
+
+
+async def _windowed(amqp_url: str, window: int, **options: Any) -> AMQPBroker:
+    broker = AMQPBroker(amqp_url, confirm_window=window, **options)
+    await broker.connect()
+    return broker
+
+
+async def test_a_window_returns_before_the_confirms_and_close_waits_for_them(
+    amqp_url: str,
+) -> None:
+    """Publishes return with confirms still owed, never more than the window; ``close``
+    takes every confirm; every message lands once, in order."""
+    broker = await _windowed(amqp_url, 16)
+    try:
+        await broker.publish([Outgoing("win", Envelope(b"0"))])  # declares the route
+        most = 0
+        for i in range(1, 301):
+            assert broker.publish_blocking([Outgoing("win", Envelope(str(i).encode()))])
+            blocking = broker._blocking
+            assert blocking is not None
+            most = max(most, len(blocking._owed))
+        assert 0 < most <= 16
+    finally:
+        await broker.close()
+    assert blocking._owed == {} and blocking._again == []
+    got = await asyncio.to_thread(_take_all, amqp_url, "win")
+    assert [m.body for m in got] == [str(i).encode() for i in range(301)]
+
+
+async def test_a_window_batch_larger_than_the_window_goes_out_whole(amqp_url: str) -> None:
+    broker = await _windowed(amqp_url, 4)
+    try:
+        await broker.publish([Outgoing("big", Envelope(b"-"))])
+        for batch in range(3):
+            assert broker.publish_blocking(
+                [Outgoing("big", Envelope(f"{batch}.{i}".encode())) for i in range(10)])
+        assert broker._blocking is not None
+        broker._blocking.flush()
+        assert broker._blocking._owed == {}
+    finally:
+        await broker.close()
+    got = await asyncio.to_thread(_take_all, amqp_url, "big")
+    assert [m.body for m in got] == [b"-"] + [f"{b}.{i}".encode() for b in range(3)
+                                             for i in range(10)]
+
+
+async def test_a_window_gives_up_nacked_and_unroutable_messages_and_flush_reports_them(
+    amqp_url: str,
+) -> None:
+    """A full queue that rejects publishes nacks: the message is sent again, then given up
+    after ``MAX_SENDS``; a message whose queue is gone comes back unroutable. Neither stops
+    the others; ``flush`` raises for both, once."""
+    broker = await _windowed(amqp_url, 32, queue_arguments={
+        "x-max-length": 2, "x-overflow": "reject-publish"})
+    try:
+        await broker.publish([Outgoing("full", Envelope(b"a")), Outgoing("doomed", Envelope(b"x"))])
+        envelope = Envelope(b"b", properties={"correlation_id": "id-b", "delivery_mode": 2})
+        assert broker.publish_blocking([Outgoing("full", envelope)])  # the channel is open
+
+        async def delete(channel: aiormq.abc.AbstractChannel) -> None:
+            await channel.queue_delete("doomed")
+
+        await asyncio.to_thread(_admin, amqp_url, delete)
+        rejected = Envelope(b"c", properties={"correlation_id": "id-c", "delivery_mode": 2})
+        assert broker.publish_blocking([Outgoing("full", rejected)])
+        lost = Envelope(b"y", properties={"correlation_id": "id-y", "delivery_mode": 2})
+        assert broker.publish_blocking([Outgoing("doomed", lost)])
+        blocking = broker._blocking
+        assert blocking is not None
+        with pytest.raises(BrokerError, match=r"did not take 2 message\(s\)") as caught:
+            blocking.flush()
+        text = str(caught.value)
+        assert "id-c nacked 3 times" in text
+        assert "id-y unroutable (exchange '' key 'doomed')" in text
+        blocking.flush()  # reported once
+    finally:
+        await broker.close()
+    got = await asyncio.to_thread(_take_all, amqp_url, "full")
+    assert [m.body for m in got] == [b"a", b"b"]
+
+
+async def test_a_window_publish_to_a_deleted_exchange_is_sent_again_or_given_up(
+    amqp_url: str,
+) -> None:
+    """The channel closed by the node (404) forgets the publishes after the bad one: all that
+    is owed goes again on a new channel, which declares the exchange again, so all lands. An
+    exchange that cannot come back is given up after ``MAX_SENDS``; the rest still lands."""
+    broker = await _windowed(amqp_url, 64)
+    try:
+        await broker.publish([Outgoing("keep", Envelope(b"k0")),
+                              Outgoing("keep", Envelope(b"x"), exchange="gx", routing_key="keep")])
+        assert broker.publish_blocking([Outgoing("keep", Envelope(b"k1"))])  # the channel is open
+
+        async def delete(channel: aiormq.abc.AbstractChannel) -> None:
+            await channel.exchange_delete("gx")
+
+        def send(body: bytes) -> None:
+            envelope = Envelope(body, properties={"correlation_id": body.decode(),
+                                                  "delivery_mode": 2})
+            assert broker.publish_blocking([Outgoing("keep", envelope, exchange="gx",
+                                                     routing_key="keep")])
+
+        await asyncio.to_thread(_admin, amqp_url, delete)
+        send(b"back")
+        for i in range(2, 11):
+            assert broker.publish_blocking([Outgoing("keep", Envelope(f"k{i}".encode()))])
+        blocking = broker._blocking
+        assert blocking is not None
+        blocking.flush(timeout=20)
+
+        await asyncio.to_thread(_admin, amqp_url, delete)
+        broker._declare_log[:] = [d for d in broker._declare_log if "gx" not in d]
+        send(b"gone")
+        for i in range(11, 21):
+            assert broker.publish_blocking([Outgoing("keep", Envelope(f"k{i}".encode()))])
+        with pytest.raises(BrokerError, match=r"did not take 1 message\(s\).*gone refused"):
+            blocking.flush(timeout=20)
+    finally:
+        await broker.close()
+    got = {m.body for m in await asyncio.to_thread(_take_all, amqp_url, "keep")}
+    assert got == {b"x", b"back"} | {f"k{i}".encode() for i in range(21)}  # at least once each
+
+
+async def test_a_window_keeps_what_a_blocked_node_dropped_and_sends_it_again(
+    rabbitmq_node: Any, amqp_url: str,
+) -> None:
+    """Under RabbitMQ's memory alarm the node stops reading: publishes fill the window, the
+    next one waits ``publish_timeout`` and raises without being sent. The connection is then
+    closed with the written messages unread; once the alarm clears, ``flush`` sends them
+    again on a new connection and every one lands."""
+    if rabbitmq_node is None:
+        pytest.skip("needs the private node (to raise its memory alarm)")
+    broker = await _windowed(amqp_url, 8, publish_timeout=1.5)
+    try:
+        await broker.publish([Outgoing("held", Envelope(b"first"))])
+        await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.0000001)
+        try:
+            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, True)
+            for i in range(8):
+                assert broker.publish_blocking([Outgoing("held", Envelope(f"w{i}".encode()))])
+            start = time.monotonic()
+            with pytest.raises(BrokerError, match=r"not sent \(blocked by RabbitMQ: "):
+                broker.publish_blocking([Outgoing("held", Envelope(b"no room"))])
+            assert 1.2 <= time.monotonic() - start < 5
+            blocking = broker._blocking
+            assert blocking is not None and len(blocking._owed) >= 7
+            await asyncio.to_thread(rabbitmq_node.ctl, "close_all_connections", "-p",
+                                    _vhost(amqp_url), "test closes it")
+        finally:
+            await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.4)
+            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, False)
+        blocking.flush(timeout=20)
+        assert blocking._owed == {} and blocking._again == []
+    finally:
+        await broker.close()
+    got = [m.body for m in await asyncio.to_thread(_take_all, amqp_url, "held")]
+    assert set(got) == {b"first"} | {f"w{i}".encode() for i in range(8)}, got
+
+
+def test_a_window_is_flushed_when_the_interpreter_exits(amqp_url: str, tmp_path: Any) -> None:
+    """A script that sends with a window and ends without ``close`` loses nothing."""
+    script = tmp_path / "send.py"
+    script.write_text(
+        "import sys\n"
+        "from celeriac import Celeriac\n"
+        f"app = Celeriac('exits', broker={amqp_url!r}, backend='memory://exits')\n"
+        "app.conf.broker_transport_options = {'confirm_window': 512}\n"
+        "for i in range(400):\n"
+        "    app.send_task('t.add', (i, 0), queue='atexit')\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, cwd=os.getcwd())
+    assert done.returncode == 0, done.stderr
+    got = _take_all(amqp_url, "atexit")
+    assert [m.header.properties.headers["argsrepr"] for m in got] == \
+        [repr((i, 0)) for i in range(400)]
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5, "8"])
+def test_confirm_window_must_be_a_whole_number(bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match="confirm_window must be a whole number"):
+        AMQPBroker("amqp://guest:guest@localhost:5672//", confirm_window=bad)
