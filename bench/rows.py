@@ -102,6 +102,10 @@ CELERY_PACKAGES = ["celery[redis]>=5.3,<6", "sqlalchemy>=2"]
 NO_SPIN: dict[str, object] = {"broker_transport_options": {"reply_spin": 0},
                               "result_backend_transport_options": {"wait_spin": 0}}
 
+#: celeriac on RabbitMQ with sync sends that return before their confirm, up to 256 owed
+#: (``confirm_window``); the enqueue figures still wait for the last confirm (``app.flush``)
+WINDOW: dict[str, object] = {"broker_transport_options": {"confirm_window": 256}}
+
 #: celeriac on Redis with late acks and a large prefetch window (a row of its own: these
 #: settings change the figures a lot); the Celery rows use the same two.
 LATE_PREFETCH = 64
@@ -147,6 +151,9 @@ def make_rows(redis_url: str | None, amqp_url: str | None) -> dict[str, Row]:
         "celeriac-rabbitmq": CeleriacRow(
             "celeriac rabbitmq (+sqlite results)", fixed(amqp_url), sqlite_url,
             unavailable=None if amqp_url else "needs --amqp-url"),
+        "celeriac-rabbitmq-window": CeleriacRow(
+            "celeriac rabbitmq, confirm window 256 (+sqlite results)", fixed(amqp_url),
+            sqlite_url, conf=WINDOW, unavailable=None if amqp_url else "needs --amqp-url"),
         "celery-sqlite": PeerRow("celery 5 sqla+sqlite", "celery_driver", CELERY_PACKAGES),
         "celery-redis": celery_redis("solo"),
         "celery-redis-late": celery_redis(late_name, "--acks-late", *late),
@@ -177,6 +184,7 @@ PEERS: dict[str, dict[str, list[str]]] = {
         "celeriac-redis-prefork1": ["celery-redis-prefork1"],
         "celeriac-redis-prefork2": ["celery-redis-prefork2"],
         "celeriac-rabbitmq": ["celery-rabbitmq"],
+        "celeriac-rabbitmq-window": [],
         "default": ["celery-sqlite"],
     },
 }

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from celeriac.backends.base import BlockingWaiter, ResultBackend
-from celeriac.brokers.base import BlockingPublisher, Broker
+from celeriac.brokers.base import BlockingPublisher, Broker, ConfirmWindow
 from celeriac.config import Config
 from celeriac.errors import BrokerConnectionError, ConfigurationError, NotRegistered
 from celeriac.message import Outgoing, TaskMessage, build_outgoing, plain_task_message
@@ -521,6 +521,16 @@ class Celeriac:
                     raise _publish_failed(exc, attempts) from exc
                 time.sleep(pause)
                 attempts += 1
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until the broker confirmed every message this thread sent from sync code.
+
+        Only RabbitMQ's ``confirm_window`` lets a send return before its confirm; elsewhere a
+        send is confirmed when it returns, and this returns at once. Raises ``BrokerError``
+        for messages the broker did not take (each was logged when it was given up)."""
+        res = self._resources.get(asyncio._get_running_loop() or thread_loop())
+        if res is not None and res.connected and isinstance(res.broker, ConfirmWindow):
+            res.broker.flush_blocking(timeout)
 
     def _blocking_broker(self) -> BlockingPublisher | None:
         """This thread's broker (the running loop's, else this thread's loop's, connected on

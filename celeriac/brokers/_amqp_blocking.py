@@ -92,6 +92,10 @@ class _Refused(Exception):
     """The node closed the channel with an error (its reply code and text)."""
 
 
+class _NoRoom(Exception):
+    """The confirm window stayed full for the whole publish timeout; nothing was written."""
+
+
 class BlockingChannel:
     """One AMQP connection and channel with publisher confirms on a blocking socket, used by
     one thread at a time; a forked child opens its own."""
@@ -162,18 +166,18 @@ class BlockingChannel:
         except _Refused as exc:
             self._drop()
             raise BrokerError(f"RabbitMQ refused the publish: {exc}") from None
+        except _NoRoom:
+            # still in step with the node: what is owed stays owed, on this connection
+            raise BrokerError(
+                f"RabbitMQ confirmed too few of the {len(self._owed)} message(s) in the "
+                f"confirm window within {self.timeout}s to send {count} more; not sent "
+                f"({self._why_slow()})") from None
         except TimeoutError:
-            if not self.window:
-                self._drop()  # confirms still to come would be taken for the next publish's
-            why = f"blocked by RabbitMQ: {self._blocked}" if self._blocked \
-                else "is a memory or disk alarm blocking publishers?"
-            if self.window:
-                raise BrokerError(
-                    f"RabbitMQ confirmed too few of the {len(self._owed)} message(s) in the "
-                    f"confirm window within {self.timeout}s to send {count} more; not sent "
-                    f"({why})") from None
+            # confirms still to come would be taken for the next publish's, or a write was
+            # cut short and the stream holds part of a frame: the connection goes
+            self._drop()
             raise BrokerError(f"RabbitMQ did not confirm {count} message(s) within "
-                              f"{self.timeout}s ({why})") from None
+                              f"{self.timeout}s ({self._why_slow()})") from None
         except (OSError, ConnectionError) as exc:
             self._drop()
             raise BrokerConnectionError(
@@ -184,10 +188,23 @@ class BlockingChannel:
             self._drop()
             raise
 
-    def _write(self, items: Sequence[Item], mandatory: bool) -> None:
+    def _send_publishes(self, payload: bytes) -> None:
+        """``sendall``; one cut short by the socket's timeout (a node that stopped reading)
+        leaves part of a frame in the stream, so the connection goes at once."""
         sock = self._sock
         assert sock is not None
-        sock.sendall(b"".join(
+        try:
+            sock.sendall(payload)
+        except TimeoutError:
+            self._drop()
+            raise
+
+    def _why_slow(self) -> str:
+        return f"blocked by RabbitMQ: {self._blocked}" if self._blocked \
+            else "is a memory or disk alarm blocking publishers?"
+
+    def _write(self, items: Sequence[Item], mandatory: bool) -> None:
+        self._send_publishes(b"".join(
             _amqp_codec.publish_frames(CHANNEL, ex, key, mandatory, props, body,
                                        self._max_content)
             for ex, key, props, body in items))
@@ -202,6 +219,8 @@ class BlockingChannel:
         while len(self._owed) + len(self._again) > room:
             try:
                 self._settle(deadline, room)
+            except TimeoutError:
+                raise _NoRoom from None
             except _Refused as exc:
                 self._channel_refused(exc)
                 self._open()
@@ -272,9 +291,7 @@ class BlockingChannel:
                 self._give_up(one.item[2], f"nacked {one.nacks} times")
             else:
                 again.append(one)
-        sock = self._sock
-        assert sock is not None
-        sock.sendall(b"".join(
+        self._send_publishes(b"".join(
             _amqp_codec.publish_frames(CHANNEL, ex, key, one.mandatory, props, body,
                                        self._max_content)
             for one in again for ex, key, props, body in (one.item,)))
@@ -312,7 +329,9 @@ class BlockingChannel:
         publish timeout); raise ``BrokerError`` for those given up since the last flush."""
         if self._forks != forks.generation():
             return  # what is owed is the parent's
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        seconds = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + seconds
+        pause = 0.05
         with self._lock:
             while self._owed or self._again:
                 try:
@@ -321,16 +340,20 @@ class BlockingChannel:
                     self._write_again()
                     self._settle(deadline, 0)
                 except TimeoutError:
-                    raise BrokerError(f"RabbitMQ did not confirm {len(self._owed)} message(s) "
-                                      f"within {timeout or self.timeout}s") from None
+                    raise BrokerError(
+                        f"RabbitMQ did not confirm {len(self._owed) + len(self._again)} "
+                        f"message(s) within {seconds}s ({self._why_slow()})") from None
                 except _Refused as exc:
                     self._channel_refused(exc)
-                except (OSError, ConnectionError):
+                except (OSError, ConnectionError) as exc:
                     self._drop()
-                    if time.monotonic() > deadline:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
                         raise BrokerConnectionError(
                             f"{len(self._again)} message(s) unconfirmed: no connection to "
-                            f"{self.endpoint.redacted()}") from None
+                            f"{self.endpoint.redacted()} within {seconds}s ({exc})") from None
+                    time.sleep(min(pause, left))  # the node may be restarting: not a busy loop
+                    pause = min(pause * 2, 1.0)
             refused, self._refused = self._refused, []
         if refused:
             raise BrokerError(f"RabbitMQ did not take {len(refused)} message(s) published "

@@ -550,6 +550,13 @@ class AMQPBroker:
         self._keep_loop_alive()
         return True
 
+    def flush_blocking(self, timeout: float | None = None) -> None:
+        """Wait for every confirm the blocking channel's window still owes (``confirm_window``;
+        ``timeout``: ``publish_timeout``)."""
+        channel = self._blocking
+        if channel is not None:
+            channel.flush(timeout)
+
     def _keep_loop_alive(self) -> None:
         """Give this instance's loop a turn every half heartbeat while sync code publishes
         on the blocking channel: a sync-only process would otherwise never run it, and

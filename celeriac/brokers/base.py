@@ -86,6 +86,16 @@ class BlockingPublisher(Protocol):
 
 
 @runtime_checkable
+class ConfirmWindow(Protocol):
+    """Optional: a broker whose ``publish_blocking`` may return before the broker confirmed
+    what it sent (RabbitMQ's ``confirm_window``)."""
+
+    def flush_blocking(self, timeout: float | None = None) -> None:
+        """Wait until every message sent by ``publish_blocking`` is confirmed; raise
+        ``BrokerError`` for those the broker did not take."""
+
+
+@runtime_checkable
 class Defers(Protocol):
     """Optional: a broker that can send a held message back to wait until ``not_before``
     and ack it in one atomic step.

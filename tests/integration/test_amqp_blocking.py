@@ -408,6 +408,43 @@ async def test_a_window_keeps_what_a_blocked_node_dropped_and_sends_it_again(
     assert set(got) == {b"first"} | {f"w{i}".encode() for i in range(8)}, got
 
 
+async def test_a_window_write_cut_short_by_a_blocked_node_drops_the_connection(
+    rabbitmq_node: Any, amqp_url: str,
+) -> None:
+    """A batch too big for the socket's buffers, sent while the node reads nothing, times out
+    in the middle of a frame: the publish raises and the connection goes, so the publishes
+    after it do not follow half a frame; all of them land."""
+    if rabbitmq_node is None:
+        pytest.skip("needs the private node (to raise its memory alarm)")
+    broker = await _windowed(amqp_url, 10_000, publish_timeout=1.5)
+
+    def out(name: str, size: int = 10) -> Outgoing:
+        return Outgoing("cut", Envelope(name.encode() + b"." * size,
+                                        properties={"correlation_id": name, "delivery_mode": 2}))
+
+    try:
+        await broker.publish([out("first")])
+        assert broker.publish_blocking([out("open")])
+        await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.0000001)
+        try:
+            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, True)
+            with pytest.raises(BrokerError, match="did not confirm 2 message"):
+                broker.publish_blocking([out("small"), out("big", 8_000_000)])
+            assert broker._blocking is not None and broker._blocking._sock is None
+        finally:
+            await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.4)
+            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, False)
+        later = [f"later{i}" for i in range(20)]
+        for name in later:
+            assert broker.publish_blocking([out(name)])
+        broker._blocking.flush(timeout=20)
+    finally:
+        await broker.close()
+    got = {m.header.properties.correlation_id
+           for m in await asyncio.to_thread(_take_all, amqp_url, "cut")}
+    assert {"first", "open", *later} <= got, got
+
+
 def test_a_window_is_flushed_when_the_interpreter_exits(amqp_url: str, tmp_path: Any) -> None:
     """A script that sends with a window and ends without ``close`` loses nothing."""
     script = tmp_path / "send.py"
@@ -434,3 +471,20 @@ def test_a_window_is_flushed_when_the_interpreter_exits(amqp_url: str, tmp_path:
 def test_confirm_window_must_be_a_whole_number(bad: Any) -> None:
     with pytest.raises(ConfigurationError, match="confirm_window must be a whole number"):
         AMQPBroker("amqp://guest:guest@localhost:5672//", confirm_window=bad)
+
+
+def test_app_flush_waits_for_what_the_window_owes(amqp_url: str) -> None:
+    """``app.flush()`` returns once every send of this thread is confirmed; without a window
+    (or before any send) it returns at once."""
+    app = Celeriac("flushes", broker=amqp_url, backend="memory://flushes")
+    app.conf.broker_transport_options = {"confirm_window": 1000}
+    try:
+        app.flush()  # nothing sent, nothing connected
+        ids = [app.send_task("t.add", (i, 0), queue="flushed").id for i in range(200)]
+        blocking = _broker(app)._blocking
+        assert blocking is not None and blocking._owed  # sends returned before their confirms
+        app.flush()
+        assert blocking._owed == {} and blocking._again == []
+        assert [m.header.properties.headers["id"] for m in _take_all(amqp_url, "flushed")] == ids
+    finally:
+        app.close()
