@@ -62,6 +62,8 @@ CHANNEL = 1
 _FRAME_HEADER = struct.Struct(">BHI")
 #: How many nacks of one message, in a confirm window, before it is given up.
 MAX_NACKS = 3
+#: Seconds a wait for confirms goes without a frame before it nudges the node (``_read``).
+NUDGE_SECONDS = 1.0
 
 #: A publish ready to write: exchange, routing key, properties, body.
 Item = tuple[str, str, spec.Basic.Properties, bytes]
@@ -70,12 +72,13 @@ Item = tuple[str, str, spec.Basic.Properties, bytes]
 class _Owed:
     """A message written in a confirm window and not yet confirmed."""
 
-    __slots__ = ("item", "mandatory", "nacks")
+    __slots__ = ("item", "mandatory", "nacks", "unknown")
 
     def __init__(self, item: Item, mandatory: bool) -> None:
         self.item = item
         self.mandatory = mandatory
         self.nacks = 0
+        self.unknown = False  # written on a connection or channel lost before its confirm
 
 
 #: Channels with a confirm window, flushed when the interpreter exits.
@@ -121,6 +124,7 @@ class BlockingChannel:
         self._refused: list[str] = []  # confirm window: messages given up, for ``flush``
         self._max_content = 131072 - 8
         self._blocked: str | None = None  # connection.blocked's reason, until unblocked
+        self._nudges = -1  # nudges unanswered (-1: the channel is not open yet)
         self._used = 0.0
         self._forks = forks.generation()
         self._lock = threading.Lock()
@@ -130,13 +134,7 @@ class BlockingChannel:
     def publish(self, items: Sequence[Item], mandatory: bool = True) -> None:
         """Write ``items`` together; return once the node confirmed every one (with a confirm
         window: once they are written and the window has room)."""
-        if self._forks != forks.generation():
-            # forked: the socket is the parent's (leave it be), what it owes is the parent's,
-            # and the lock may have been held by a parent thread that does not exist here
-            self._lock = threading.Lock()
-            self._sock = None
-            self._owed, self._again, self._refused = {}, [], []
-            self._forks = forks.generation()
+        self._after_fork()
         with self._lock:
             if self._sock is not None and self.idle_seconds is not None \
                     and time.monotonic() - self._used > self.idle_seconds:
@@ -154,6 +152,16 @@ class BlockingChannel:
                     self._await_confirms(self._tag - len(items) + 1, self._tag,
                                          time.monotonic() + self.timeout)
                 self._used = time.monotonic()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the socket is the parent's (left be), what it owes is the
+        parent's, and the lock may be held by a parent thread that does not exist here."""
+        if self._forks == forks.generation():
+            return
+        self._lock = threading.Lock()
+        self._sock, self._buf = None, bytearray()
+        self._owed, self._again, self._refused, self._probing = {}, [], [], False
+        self._forks = forks.generation()
 
     @contextlib.contextmanager
     def _failures(self, count: int) -> Iterator[None]:
@@ -215,7 +223,7 @@ class BlockingChannel:
     def _publish_in_window(self, items: Sequence[Item], mandatory: bool) -> None:
         room = max(0, self.window - len(items))
         deadline = time.monotonic() + self.timeout
-        self._write_again()
+        self._write_again(deadline)
         while len(self._owed) + len(self._again) > room:
             try:
                 self._settle(deadline, room)
@@ -224,7 +232,7 @@ class BlockingChannel:
             except _Refused as exc:
                 self._channel_refused(exc)
                 self._open()
-            self._write_again()
+            self._write_again(deadline)
         first = self._tag + 1
         self._write(items, mandatory)
         for tag, item in enumerate(items, first):
@@ -261,7 +269,7 @@ class BlockingChannel:
                     self._again.extend(settled)
             elif isinstance(frame, spec.Basic.Return):
                 header = self._read_content(deadline or time.monotonic() + self.timeout)
-                self._give_up(header.properties, f"unroutable (exchange {frame.exchange!r} "
+                self._give_up(None, header.properties, f"unroutable (exchange {frame.exchange!r} "
                               f"key {frame.routing_key!r}): {frame.reply_text}")
 
     def _pop_owed(self, tag: int, multiple: bool) -> list[_Owed]:
@@ -277,20 +285,22 @@ class BlockingChannel:
             settled.append(owed.pop(first))
         return settled
 
-    def _write_again(self) -> None:
+    def _write_again(self, deadline: float) -> None:
         """Write once more what was nacked or left unconfirmed by a lost connection; give up
-        what was nacked ``MAX_NACKS`` times."""
+        what was nacked ``MAX_NACKS`` times. ``deadline``: for confirms awaited one by one
+        (``_probe_again``)."""
         if not self._again:
             return
         if self._probing:
-            self._probe_again()
+            self._probe_again(deadline)
             return
         again = []
         for one in self._again:
             if one.nacks >= MAX_NACKS:
-                self._give_up(one.item[2], f"nacked {one.nacks} times")
+                self._give_up(one, one.item[2], f"nacked {one.nacks} times")
             else:
                 again.append(one)
+        self._again = again  # a write that fails leaves these to go again, and only these
         self._send_publishes(b"".join(
             _amqp_codec.publish_frames(CHANNEL, ex, key, one.mandatory, props, body,
                                        self._max_content)
@@ -300,35 +310,42 @@ class BlockingChannel:
             self._owed[tag] = one
         self._tag += len(again)
 
-    def _probe_again(self) -> None:
+    def _probe_again(self, deadline: float) -> None:
         """After a channel closed by a refusal: write what is owed one message at a time,
-        each confirmed before the next; the one the node refuses again is given up."""
+        each confirmed before the next; the one the node refuses again is given up. One
+        whose confirm is still out at ``deadline`` stays owed (``TimeoutError``)."""
+        if self._owed:  # left owed by a deadline: its confirm first, or a later one takes it
+            self._settle(deadline, 0)
         while self._again:
             one = self._again[0]
             self._write([one.item], one.mandatory)
             try:
-                self._await_confirms(self._tag, self._tag, time.monotonic() + self.timeout)
+                self._await_confirms(self._tag, self._tag, deadline)
             except _Refused as exc:
-                self._give_up(one.item[2], f"refused: {exc}")
+                self._give_up(one, one.item[2], f"refused: {exc}")
                 del self._again[0]
                 self._drop()
                 self._open()
                 continue
             except BrokerError as exc:  # unroutable, or nacked
-                self._give_up(one.item[2], str(exc))
+                self._give_up(one, one.item[2], str(exc))
+            except TimeoutError:
+                self._owed[self._tag] = self._again.pop(0)
+                raise
             del self._again[0]
         self._probing = False
 
-    def _give_up(self, props: Any, why: str) -> None:
+    def _give_up(self, one: _Owed | None, props: Any, why: str) -> None:
         what = f"message {getattr(props, 'correlation_id', None) or '?'} {why}"
+        if one is not None and one.unknown:
+            what += " (a copy sent on a connection lost before its confirm may have landed)"
         log.error("RabbitMQ did not take a message published earlier: %s", what)
         self._refused.append(what)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message in the confirm window is confirmed (``timeout``: the
         publish timeout); raise ``BrokerError`` for those given up since the last flush."""
-        if self._forks != forks.generation():
-            return  # what is owed is the parent's
+        self._after_fork()
         seconds = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + seconds
         pause = 0.05
@@ -337,12 +354,13 @@ class BlockingChannel:
                 try:
                     if self._sock is None:
                         self._open()
-                    self._write_again()
+                    self._write_again(deadline)
                     self._settle(deadline, 0)
                 except TimeoutError:
                     raise BrokerError(
                         f"RabbitMQ did not confirm {len(self._owed) + len(self._again)} "
-                        f"message(s) within {seconds}s ({self._why_slow()})") from None
+                        f"message(s) within {seconds}s ({self._why_slow()}); they may "
+                        f"still land") from None
                 except _Refused as exc:
                     self._channel_refused(exc)
                 except (OSError, ConnectionError) as exc:
@@ -350,8 +368,9 @@ class BlockingChannel:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise BrokerConnectionError(
-                            f"{len(self._again)} message(s) unconfirmed: no connection to "
-                            f"{self.endpoint.redacted()} within {seconds}s ({exc})") from None
+                            f"{len(self._again)} message(s) unconfirmed (they may have "
+                            f"landed): no connection to {self.endpoint.redacted()} within "
+                            f"{seconds}s ({exc})") from None
                     time.sleep(min(pause, left))  # the node may be restarting: not a busy loop
                     pause = min(pause * 2, 1.0)
             refused, self._refused = self._refused, []
@@ -395,7 +414,12 @@ class BlockingChannel:
     def _read(self, deadline: float | None) -> Any:
         """The next frame on our channel, by ``deadline`` (``time.monotonic()``; else
         ``TimeoutError``), or with no deadline the next one already in (else None);
-        connection-level frames are handled here."""
+        connection-level frames are handled here.
+
+        A node that blocked publishers for an alarm reads them again once it clears, but may
+        hold their confirms until something else comes in: a wait that sees no frame for
+        ``NUDGE_SECONDS`` sends a ``confirm.select`` (a no-op on this channel), whose answer
+        is dropped."""
         sock = self._sock
         assert sock is not None
         buf = self._buf
@@ -408,6 +432,7 @@ class BlockingChannel:
                     frame = _amqp_codec.unmarshal(data)[2]
                     if not self._control(frame):
                         return frame
+                    continue
             if deadline is None:
                 sock.settimeout(0.0)
                 try:
@@ -420,11 +445,36 @@ class BlockingChannel:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError("timed out")
-                sock.settimeout(left)
-                chunk = sock.recv(65536)
+                if self._nudges < 0:
+                    sock.settimeout(left)
+                    chunk = sock.recv(65536)
+                else:
+                    sock.settimeout(min(left, NUDGE_SECONDS))
+                    try:
+                        chunk = sock.recv(65536)
+                    except TimeoutError:
+                        self._nudge()
+                        continue
             if not chunk:
                 raise ConnectionError("connection closed by RabbitMQ")
             buf += chunk
+
+    def _nudge(self) -> None:
+        """Send a ``confirm.select`` if the socket takes all of it now (a node that is not
+        reading may have left no room; the next wait tries again)."""
+        sock = self._sock
+        assert sock is not None
+        data = pamqp_frame.marshal(spec.Confirm.Select(), CHANNEL)
+        sock.settimeout(0.0)
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            return
+        finally:
+            sock.settimeout(self.timeout)
+        if sent < len(data):
+            raise ConnectionError("a write to RabbitMQ was cut short")  # part of a frame
+        self._nudges += 1
 
     def _control(self, frame: Any) -> bool:
         """Handle a frame that is not an answer to us; True if it was one."""
@@ -441,6 +491,9 @@ class BlockingChannel:
         if isinstance(frame, spec.Channel.Close):
             self._send(CHANNEL, spec.Channel.CloseOk())
             raise _Refused(f"{frame.reply_code} {frame.reply_text}")
+        if isinstance(frame, spec.Confirm.SelectOk) and self._nudges > 0:
+            self._nudges -= 1
+            return True
         return bool(frame.name == "Heartbeat")
 
     def _send(self, channel: int, *frames: Any) -> None:
@@ -468,6 +521,7 @@ class BlockingChannel:
                 sock = ssl.create_default_context().wrap_socket(
                     sock, server_hostname=self.endpoint.host)
             self._sock, self._buf, self._tag, self._blocked = sock, bytearray(), 0, None
+            self._nudges = -1
             self._handshake(time.monotonic() + self.connect_timeout)
             self._declare(time.monotonic() + self.timeout)
         except _Refused as exc:
@@ -502,6 +556,7 @@ class BlockingChannel:
         self._expect(spec.Channel.OpenOk, deadline)
         self._send(CHANNEL, spec.Confirm.Select())
         self._expect(spec.Confirm.SelectOk, deadline)
+        self._nudges = 0
 
     def _declare(self, deadline: float) -> None:
         """Declare ``declarations`` again, written together, then read every answer."""
@@ -518,6 +573,8 @@ class BlockingChannel:
         sock, self._sock = self._sock, None
         self._buf = bytearray()
         if self._owed:  # their confirms will never come: they go again on the next connection
+            for one in self._owed.values():
+                one.unknown = True
             self._again.extend(self._owed.values())
             self._owed = {}
         if sock is not None:
@@ -526,6 +583,7 @@ class BlockingChannel:
 
     def close(self) -> None:
         """Flush the confirm window (errors are logged), then close."""
+        self._after_fork()
         if self._owed or self._again:
             try:
                 self.flush()

@@ -279,6 +279,9 @@ class AMQPBroker:
                 con = await connection.channel(publisher_confirms=False)
         except (TimeoutError, amqp_errors.AMQPError, OSError, ConnectionError) as exc:
             raise translate(exc, f"connect to {self.endpoint.redacted()}") from None
+        except StopAsyncIteration:  # the stream ended in the handshake (aiormq's frame reader)
+            raise translate(ConnectionError("connection closed during the handshake"),
+                            f"connect to {self.endpoint.redacted()}") from None
         conn = _Conn(next(self._gens), connection, pub, con)
         # Deliveries buffered from an older channel died with it (RabbitMQ requeued them).
         for queue, buf in self._buffers.items():

@@ -488,3 +488,127 @@ def test_app_flush_waits_for_what_the_window_owes(amqp_url: str) -> None:
         assert [m.header.properties.headers["id"] for m in _take_all(amqp_url, "flushed")] == ids
     finally:
         app.close()
+
+
+async def test_a_window_flushes_soon_after_a_memory_alarm_clears(
+    rabbitmq_node: Any, amqp_url: str,
+) -> None:
+    """Messages written while the node is blocked are confirmed once the alarm clears, even
+    with no publish after them: ``flush`` does not wait out its timeout for confirms the
+    node holds back."""
+    if rabbitmq_node is None:
+        pytest.skip("needs the private node (to raise its memory alarm)")
+    broker = await _windowed(amqp_url, 64, publish_timeout=60)
+    try:
+        await broker.publish([Outgoing("thaw", Envelope(b"first"))])
+        assert broker.publish_blocking([Outgoing("thaw", Envelope(b"open"))])
+        await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.0000001)
+        try:
+            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, True)
+            for i in range(5):
+                assert broker.publish_blocking([Outgoing("thaw", Envelope(f"b{i}".encode()))])
+        finally:
+            await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.4)
+            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, False)
+        blocking = broker._blocking
+        assert blocking is not None
+        blocking.flush(timeout=15)  # well short of the publish timeout
+        assert blocking._owed == {} and blocking._again == []
+    finally:
+        await broker.close()
+    got = [m.body for m in await asyncio.to_thread(_take_all, amqp_url, "thaw")]
+    assert got == [b"first", b"open"] + [f"b{i}".encode() for i in range(5)]
+
+
+def test_a_forked_child_exits_without_the_parents_window(amqp_url: str, tmp_path: Any) -> None:
+    """A child forked while a parent thread held the channel's lock, with confirms owed,
+    exits at once: what is owed is the parent's, flushed by the parent, each message once."""
+    script = tmp_path / "forks.py"
+    script.write_text(
+        "import os, sys, threading, time\n"
+        "from celeriac import Celeriac\n"
+        "from celeriac.utils.sync import thread_loop\n"
+        f"app = Celeriac('forks', broker={amqp_url!r}, backend='memory://forks')\n"
+        "app.conf.broker_transport_options = {'confirm_window': 512}\n"
+        "for i in range(50):\n"
+        "    app.send_task('t.add', (i, 0), queue='forked')\n"
+        "blocking = app._resources[thread_loop()].broker._blocking\n"
+        "assert blocking._owed\n"
+        "held, release = threading.Event(), threading.Event()\n"
+        "def hold():\n"
+        "    with blocking._lock:\n"
+        "        held.set()\n"
+        "        release.wait()\n"
+        "holder = threading.Thread(target=hold)\n"
+        "holder.start()\n"
+        "held.wait()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    sys.exit(0)\n"
+        "deadline = time.monotonic() + 30\n"
+        "while time.monotonic() < deadline:\n"
+        "    done, status = os.waitpid(pid, os.WNOHANG)\n"
+        "    if done:\n"
+        "        break\n"
+        "    time.sleep(0.05)\n"
+        "else:\n"
+        "    os.kill(pid, 9)\n"
+        "    sys.exit('the child hung at exit')\n"
+        "release.set()\n"
+        "holder.join()\n"
+        "app.flush()\n"
+        "print(os.waitstatus_to_exitcode(status))\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-W", "ignore", str(script)], capture_output=True,
+                          text=True, timeout=80, cwd=os.getcwd())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
+    got = _take_all(amqp_url, "forked")
+    assert [m.header.properties.headers["argsrepr"] for m in got] == \
+        [repr((i, 0)) for i in range(50)]
+
+
+async def test_a_window_flush_keeps_its_timeout_while_sending_again_one_by_one(
+    rabbitmq_node: Any, amqp_url: str,
+) -> None:
+    """After a refusal closed the channel, what is owed goes again one message at a time; a
+    node blocked meanwhile makes ``flush(timeout)`` raise after its own timeout, not the
+    publish timeout per message, and the next ``flush`` lands everything."""
+    if rabbitmq_node is None:
+        pytest.skip("needs the private node (to raise its memory alarm)")
+    broker = await _windowed(amqp_url, 64, publish_timeout=60)
+    try:
+        await broker.publish([Outgoing("probe", Envelope(b"p0")),
+                              Outgoing("probe", Envelope(b"x"), exchange="px",
+                                       routing_key="probe")])
+        assert broker.publish_blocking([Outgoing("probe", Envelope(b"p1"))])
+
+        async def delete(channel: aiormq.abc.AbstractChannel) -> None:
+            await channel.exchange_delete("px")
+
+        await asyncio.to_thread(_admin, amqp_url, delete)
+        assert broker.publish_blocking([Outgoing("probe", Envelope(b"back"), exchange="px",
+                                                 routing_key="probe")])
+        for i in range(2, 6):
+            assert broker.publish_blocking([Outgoing("probe", Envelope(f"p{i}".encode()))])
+        blocking = broker._blocking
+        assert blocking is not None
+        await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.0000001)
+        try:
+            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, True)
+            start = time.monotonic()
+            with pytest.raises(BrokerError, match="did not confirm"):
+                blocking.flush(timeout=3)
+            assert time.monotonic() - start < 30  # its own timeout, not 60 s a message
+        finally:
+            await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.4)
+            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, False)
+        blocking.flush(timeout=30)
+        assert blocking._owed == {} and blocking._again == []
+    finally:
+        await broker.close()
+    got = {m.body for m in await asyncio.to_thread(_take_all, amqp_url, "probe")}
+    assert got == {b"p0", b"x", b"p1", b"back"} | {f"p{i}".encode() for i in range(2, 6)}

@@ -274,3 +274,29 @@ async def test_consumer_takes_empty_small_and_multi_frame_bodies(amqp_url: str) 
         assert [d.envelope.headers["i"] for d in got] == list(range(len(bodies)))
     finally:
         await broker.close()
+
+
+async def test_a_connection_closed_in_the_handshake_is_a_connection_error() -> None:
+    """A peer that takes the protocol header and hangs up (a node shutting down, a proxy
+    that lost its upstream): ``connect`` raises ``BrokerConnectionError``, nothing rawer."""
+    import socket
+
+    from celeriac.errors import BrokerConnectionError
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def hang_up() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                peer, _ = server.accept()
+                peer.recv(8)
+                peer.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        broker = AMQPBroker(f"amqp://guest:guest@127.0.0.1:{port}//", connect_timeout=5)
+        with pytest.raises(BrokerConnectionError, match="closed during the handshake"):
+            await broker.connect()
+    finally:
+        server.close()
