@@ -106,7 +106,7 @@ NO_SPIN: dict[str, object] = {"broker_transport_options": {"reply_spin": 0},
 #: (``confirm_window``); the enqueue figures still wait for the last confirm (``app.flush``)
 WINDOW: dict[str, object] = {"broker_transport_options": {"confirm_window": 256}}
 
-#: celeriac on Redis with late acks and a large prefetch window (a row of its own: these
+#: celeriac on Redis and RabbitMQ with late acks and a large prefetch window (a row of its own: these
 #: settings change the figures a lot); the Celery rows use the same two.
 LATE_PREFETCH = 64
 
@@ -134,6 +134,11 @@ def make_rows(redis_url: str | None, amqp_url: str | None) -> dict[str, Row]:
 
     late = [f"--prefetch-multiplier={LATE_PREFETCH}"]
     late_name = f"solo, acks_late,\nprefetch x{LATE_PREFETCH}"
+    rabbitmq_late = CeleriacRow("celeriac rabbitmq (+sqlite results)", fixed(amqp_url),
+                                sqlite_url, pool=["-P", "solo", *late],
+                                conf={"task_acks_late": True},
+                                unavailable=None if amqp_url else "needs --amqp-url")
+    rabbitmq_late.mode = late_name
     rows: dict[str, Row] = {
         "celeriac-memory": CeleriacRow("celeriac memory", memory_url, memory_url,
                                        in_process=True),
@@ -154,6 +159,7 @@ def make_rows(redis_url: str | None, amqp_url: str | None) -> dict[str, Row]:
         "celeriac-rabbitmq-window": CeleriacRow(
             "celeriac rabbitmq, confirm window 256 (+sqlite results)", fixed(amqp_url),
             sqlite_url, conf=WINDOW, unavailable=None if amqp_url else "needs --amqp-url"),
+        "celeriac-rabbitmq-late": rabbitmq_late,
         "celery-sqlite": PeerRow("celery 5 sqla+sqlite", "celery_driver", CELERY_PACKAGES),
         "celery-redis": celery_redis("solo"),
         "celery-redis-late": celery_redis(late_name, "--acks-late", *late),
@@ -165,6 +171,11 @@ def make_rows(redis_url: str | None, amqp_url: str | None) -> dict[str, Row]:
                                    CELERY_PACKAGES,
                                    args=["--broker-url", amqp_url or ""],
                                    needs=None if amqp_url else "needs --amqp-url"),
+        "celery-rabbitmq-late": PeerRow("celery 5 rabbitmq (+sqlite results)", "celery_driver",
+                                        CELERY_PACKAGES, mode=late_name,
+                                        args=["--broker-url", amqp_url or "", "--acks-late",
+                                              *late],
+                                        needs=None if amqp_url else "needs --amqp-url"),
     }
     return rows
 
@@ -185,6 +196,7 @@ PEERS: dict[str, dict[str, list[str]]] = {
         "celeriac-redis-prefork2": ["celery-redis-prefork2"],
         "celeriac-rabbitmq": ["celery-rabbitmq"],
         "celeriac-rabbitmq-window": [],
+        "celeriac-rabbitmq-late": ["celery-rabbitmq-late"],
         "default": ["celery-sqlite"],
     },
 }
