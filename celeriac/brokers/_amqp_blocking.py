@@ -37,6 +37,7 @@ import atexit
 import contextlib
 import logging
 import os
+import select
 import socket
 import ssl
 import struct
@@ -223,16 +224,17 @@ class BlockingChannel:
     def _publish_in_window(self, items: Sequence[Item], mandatory: bool) -> None:
         room = max(0, self.window - len(items))
         deadline = time.monotonic() + self.timeout
-        self._write_again(deadline)
-        while len(self._owed) + len(self._again) > room:
-            try:
-                self._settle(deadline, room)
-            except TimeoutError:
-                raise _NoRoom from None
-            except _Refused as exc:
-                self._channel_refused(exc)
-                self._open()
+        try:
             self._write_again(deadline)
+            while len(self._owed) + len(self._again) > room:
+                try:
+                    self._settle(deadline, room)
+                except _Refused as exc:
+                    self._channel_refused(exc)
+                    self._open()
+                self._write_again(deadline)
+        except TimeoutError:  # (what was owed stays owed; these items were not written)
+            raise _NoRoom from None
         first = self._tag + 1
         self._write(items, mandatory)
         for tag, item in enumerate(items, first):
@@ -252,7 +254,7 @@ class BlockingChannel:
         at a time (``_probe_again``), so that the one at fault is known."""
         log.warning("RabbitMQ closed the publishing channel (%s); opening it anew", exc)
         self._probing = True
-        self._drop()
+        self._drop(lost=False)
 
     def _settle(self, deadline: float | None, room: int) -> None:
         """Read confirms until at most ``room`` messages are owed, by ``deadline``; with no
@@ -301,10 +303,15 @@ class BlockingChannel:
             else:
                 again.append(one)
         self._again = again  # a write that fails leaves these to go again, and only these
-        self._send_publishes(b"".join(
-            _amqp_codec.publish_frames(CHANNEL, ex, key, one.mandatory, props, body,
-                                       self._max_content)
-            for one in again for ex, key, props, body in (one.item,)))
+        try:
+            self._send_publishes(b"".join(
+                _amqp_codec.publish_frames(CHANNEL, ex, key, one.mandatory, props, body,
+                                           self._max_content)
+                for one in again for ex, key, props, body in (one.item,)))
+        except (OSError, ConnectionError):
+            for one in again:
+                one.unknown = True  # some may have gone out whole
+            raise
         self._again = []
         for tag, one in enumerate(again, self._tag + 1):
             self._owed[tag] = one
@@ -331,6 +338,10 @@ class BlockingChannel:
                 self._give_up(one, one.item[2], str(exc))
             except TimeoutError:
                 self._owed[self._tag] = self._again.pop(0)
+                self._probing = bool(self._again)
+                raise
+            except (OSError, ConnectionError):
+                one.unknown = True  # written, then the connection went
                 raise
             del self._again[0]
         self._probing = False
@@ -445,31 +456,36 @@ class BlockingChannel:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError("timed out")
-                if self._nudges < 0:
-                    sock.settimeout(left)
+                nudging = self._nudges >= 0 and left > NUDGE_SECONDS
+                sock.settimeout(NUDGE_SECONDS if nudging else left)
+                try:
                     chunk = sock.recv(65536)
-                else:
-                    sock.settimeout(min(left, NUDGE_SECONDS))
-                    try:
-                        chunk = sock.recv(65536)
-                    except TimeoutError:
-                        self._nudge()
-                        continue
+                except TimeoutError:
+                    if not nudging:
+                        raise
+                    self._nudge()
+                    continue
+                finally:
+                    sock.settimeout(self.timeout)  # for the writes that follow
             if not chunk:
                 raise ConnectionError("connection closed by RabbitMQ")
             buf += chunk
 
     def _nudge(self) -> None:
-        """Send a ``confirm.select`` if the socket takes all of it now (a node that is not
-        reading may have left no room; the next wait tries again)."""
+        """Send a ``confirm.select`` if the socket has room for it now (a node that is not
+        reading may have left none; the next wait tries again)."""
         sock = self._sock
         assert sock is not None
+        if not select.select([], [sock], [], 0)[1]:
+            return
         data = pamqp_frame.marshal(spec.Confirm.Select(), CHANNEL)
         sock.settimeout(0.0)
         try:
             sent = sock.send(data)
-        except (BlockingIOError, ssl.SSLWantWriteError):
-            return
+        except BlockingIOError:
+            return  # nothing was written
+        except ssl.SSLWantWriteError:  # TLS keeps the record to write later: out of step
+            raise ConnectionError("a write to RabbitMQ could not finish") from None
         finally:
             sock.settimeout(self.timeout)
         if sent < len(data):
@@ -569,12 +585,15 @@ class BlockingChannel:
             if answer.name != f"{frame.name}Ok":
                 raise ConnectionError(f"expected {frame.name}Ok from RabbitMQ, got {answer.name}")
 
-    def _drop(self) -> None:
+    def _drop(self, lost: bool = True) -> None:
+        """Close the connection; what is owed goes again on the next one. ``lost``: by a
+        fault of the connection (what was owed may have landed), not a refusal."""
         sock, self._sock = self._sock, None
         self._buf = bytearray()
         if self._owed:  # their confirms will never come: they go again on the next connection
-            for one in self._owed.values():
-                one.unknown = True
+            if lost:
+                for one in self._owed.values():
+                    one.unknown = True
             self._again.extend(self._owed.values())
             self._owed = {}
         if sock is not None:

@@ -270,6 +270,8 @@ async def test_a_window_returns_before_the_confirms_and_close_waits_for_them(
             blocking = broker._blocking
             assert blocking is not None
             most = max(most, len(blocking._owed))
+            # reads wait with timeouts of their own; writes get the whole publish timeout
+            assert blocking._sock is not None and blocking._sock.gettimeout() == blocking.timeout
         assert 0 < most <= 16
     finally:
         await broker.close()
@@ -364,8 +366,10 @@ async def test_a_window_publish_to_a_deleted_exchange_is_sent_again_or_given_up(
         send(b"gone")
         for i in range(11, 21):
             assert broker.publish_blocking([Outgoing("keep", Envelope(f"k{i}".encode()))])
-        with pytest.raises(BrokerError, match=r"did not take 1 message\(s\).*gone refused"):
+        with pytest.raises(BrokerError, match=r"did not take 1 message\(s\).*gone refused") \
+                as caught:
             blocking.flush(timeout=20)
+        assert "may have landed" not in str(caught.value)  # refused: it did not
     finally:
         await broker.close()
     got = {m.body for m in await asyncio.to_thread(_take_all, amqp_url, "keep")}
@@ -603,6 +607,11 @@ async def test_a_window_flush_keeps_its_timeout_while_sending_again_one_by_one(
             with pytest.raises(BrokerError, match="did not confirm"):
                 blocking.flush(timeout=3)
             assert time.monotonic() - start < 30  # its own timeout, not 60 s a message
+            blocking.timeout = 2.0
+            with pytest.raises(BrokerError, match="not sent"):  # the one-by-one waits first
+                broker.publish_blocking([Outgoing("probe", Envelope(b"never"))])
+            assert blocking._sock is not None  # still in step: kept
+            blocking.timeout = 60.0
         finally:
             await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.4)
             await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, False)
