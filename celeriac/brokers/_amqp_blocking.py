@@ -128,7 +128,7 @@ class BlockingChannel:
         self._nudges = -1  # nudges unanswered (-1: the channel is not open yet)
         self._used = 0.0
         self._forks = forks.generation()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         if window:
             _windowed.add(self)
 
@@ -159,7 +159,7 @@ class BlockingChannel:
         parent's, and the lock may be held by a parent thread that does not exist here."""
         if self._forks == forks.generation():
             return
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._sock, self._buf = None, bytearray()
         self._owed, self._again, self._refused, self._probing = {}, [], [], False
         self._forks = forks.generation()
@@ -601,13 +601,14 @@ class BlockingChannel:
                 sock.close()
 
     def close(self) -> None:
-        """Flush the confirm window (errors are logged), then close."""
+        """Flush the confirm window (errors are logged), then close; a publish from another
+        thread waits until it is closed (then opens a connection anew)."""
         self._after_fork()
-        if self._owed or self._again:
-            try:
-                self.flush()
-            except (BrokerError, OSError) as exc:
-                log.error("closing the publishing channel: %s", exc)
         with self._lock:
+            if self._owed or self._again:
+                try:
+                    self.flush()
+                except (BrokerError, OSError) as exc:
+                    log.error("closing the publishing channel: %s", exc)
             self._drop()
             self._owed, self._again = {}, []

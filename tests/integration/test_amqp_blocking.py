@@ -621,3 +621,35 @@ async def test_a_window_flush_keeps_its_timeout_while_sending_again_one_by_one(
         await broker.close()
     got = {m.body for m in await asyncio.to_thread(_take_all, amqp_url, "probe")}
     assert got == {b"p0", b"x", b"p1", b"back"} | {f"p{i}".encode() for i in range(2, 6)}
+
+
+async def test_a_window_closed_while_another_thread_sends_loses_nothing(amqp_url: str) -> None:
+    """``close`` from one thread while another keeps sending: every send that returned
+    lands (close waits for the sends in flight, and a send after it opens anew)."""
+    import threading
+
+    broker = await _windowed(amqp_url, 64)
+    sent: list[bytes] = []
+    try:
+        await broker.publish([Outgoing("busy", Envelope(b"-"))])
+        assert broker.publish_blocking([Outgoing("busy", Envelope(b"open"))])
+        blocking = broker._blocking
+        assert blocking is not None
+
+        def send() -> None:
+            for i in range(1500):
+                body = f"s{i}".encode()
+                if broker.publish_blocking([Outgoing("busy", Envelope(body))]):
+                    sent.append(body)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        while sender.is_alive():
+            blocking.close()
+            time.sleep(0.005)
+        sender.join()
+        blocking.flush(timeout=30)
+    finally:
+        await broker.close()
+    got = {m.body for m in await asyncio.to_thread(_take_all, amqp_url, "busy")}
+    assert len(sent) == 1500 and set(sent) <= got
