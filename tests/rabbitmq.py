@@ -13,6 +13,8 @@ may name a running broker instead (vhost ``/`` only, then).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -21,6 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from tests.services import free_port, missing, port_open
@@ -177,3 +180,16 @@ class RabbitMQNode:
             self.stop()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def memory_alarm(node: RabbitMQNode) -> AsyncIterator[None]:
+    """RabbitMQ's memory alarm raised on ``node`` for the block (it blocks publishers), then
+    cleared, each awaited."""
+    await asyncio.to_thread(node.set_memory_watermark, 0.0000001)
+    try:
+        await asyncio.to_thread(node.wait_memory_alarm, True)
+        yield
+    finally:
+        await asyncio.to_thread(node.set_memory_watermark, 0.4)
+        await asyncio.to_thread(node.wait_memory_alarm, False)

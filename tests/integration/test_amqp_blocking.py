@@ -17,6 +17,7 @@ from celeriac.brokers.amqp import AMQPBroker
 from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.message import Envelope, Outgoing
 from celeriac.utils.sync import run_sync, thread_loop
+from tests.rabbitmq import memory_alarm
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -388,9 +389,7 @@ async def test_a_window_keeps_what_a_blocked_node_dropped_and_sends_it_again(
     broker = await _windowed(amqp_url, 8, publish_timeout=1.5)
     try:
         await broker.publish([Outgoing("held", Envelope(b"first"))])
-        await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.0000001)
-        try:
-            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, True)
+        async with memory_alarm(rabbitmq_node):
             for i in range(8):
                 assert broker.publish_blocking([Outgoing("held", Envelope(f"w{i}".encode()))])
             start = time.monotonic()
@@ -401,9 +400,6 @@ async def test_a_window_keeps_what_a_blocked_node_dropped_and_sends_it_again(
             assert blocking is not None and len(blocking._owed) >= 7
             await asyncio.to_thread(rabbitmq_node.ctl, "close_all_connections", "-p",
                                     _vhost(amqp_url), "test closes it")
-        finally:
-            await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.4)
-            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, False)
         blocking.flush(timeout=20)
         assert blocking._owed == {} and blocking._again == []
     finally:
@@ -429,15 +425,10 @@ async def test_a_window_write_cut_short_by_a_blocked_node_drops_the_connection(
     try:
         await broker.publish([out("first")])
         assert broker.publish_blocking([out("open")])
-        await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.0000001)
-        try:
-            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, True)
+        async with memory_alarm(rabbitmq_node):
             with pytest.raises(BrokerError, match="did not confirm 2 message"):
                 broker.publish_blocking([out("small"), out("big", 8_000_000)])
             assert broker._blocking is not None and broker._blocking._sock is None
-        finally:
-            await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.4)
-            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, False)
         later = [f"later{i}" for i in range(20)]
         for name in later:
             assert broker.publish_blocking([out(name)])
@@ -506,14 +497,9 @@ async def test_a_window_flushes_soon_after_a_memory_alarm_clears(
     try:
         await broker.publish([Outgoing("thaw", Envelope(b"first"))])
         assert broker.publish_blocking([Outgoing("thaw", Envelope(b"open"))])
-        await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.0000001)
-        try:
-            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, True)
+        async with memory_alarm(rabbitmq_node):
             for i in range(5):
                 assert broker.publish_blocking([Outgoing("thaw", Envelope(f"b{i}".encode()))])
-        finally:
-            await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.4)
-            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, False)
         blocking = broker._blocking
         assert blocking is not None
         blocking.flush(timeout=15)  # well short of the publish timeout
@@ -600,9 +586,7 @@ async def test_a_window_flush_keeps_its_timeout_while_sending_again_one_by_one(
             assert broker.publish_blocking([Outgoing("probe", Envelope(f"p{i}".encode()))])
         blocking = broker._blocking
         assert blocking is not None
-        await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.0000001)
-        try:
-            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, True)
+        async with memory_alarm(rabbitmq_node):
             start = time.monotonic()
             with pytest.raises(BrokerError, match="did not confirm"):
                 blocking.flush(timeout=3)
@@ -612,9 +596,6 @@ async def test_a_window_flush_keeps_its_timeout_while_sending_again_one_by_one(
                 broker.publish_blocking([Outgoing("probe", Envelope(b"never"))])
             assert blocking._sock is not None  # still in step: kept
             blocking.timeout = 60.0
-        finally:
-            await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.4)
-            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, False)
         blocking.flush(timeout=30)
         assert blocking._owed == {} and blocking._again == []
     finally:

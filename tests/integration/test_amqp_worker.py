@@ -21,6 +21,7 @@ from celeriac.errors import BrokerError
 from celeriac.message import Envelope, Outgoing
 from tests.conftest import ROOT
 from tests.processes import LoggedProcess
+from tests.rabbitmq import memory_alarm
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -207,9 +208,7 @@ async def test_memory_alarm_blocks_publishers_then_raises(rabbitmq_node: Any, am
     try:
         await broker.publish([Outgoing("alarm", Envelope(b"before"))])
         assert broker.publish_blocking([Outgoing("alarm", Envelope(b"before, sync"))])
-        await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.0000001)
-        try:
-            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, True)
+        async with memory_alarm(rabbitmq_node):
             start = time.monotonic()
             with pytest.raises(BrokerError, match="did not confirm"):
                 await broker.publish([Outgoing("alarm", Envelope(b"blocked"))])
@@ -220,9 +219,6 @@ async def test_memory_alarm_blocks_publishers_then_raises(rabbitmq_node: Any, am
                 broker.publish_blocking([Outgoing("alarm", Envelope(b"blocked, sync"))])
             elapsed = time.monotonic() - start
             assert 1.2 <= elapsed < 5, elapsed
-        finally:
-            await asyncio.to_thread(rabbitmq_node.set_memory_watermark, 0.4)
-            await asyncio.to_thread(rabbitmq_node.wait_memory_alarm, False)
         assert broker.publish_blocking([Outgoing("alarm", Envelope(b"after, sync"))])
         await broker.publish([Outgoing("alarm", Envelope(b"after"))])
         got = [d.envelope.body for d in await broker.fetch(["alarm"], 10, 2.0)]
