@@ -162,7 +162,7 @@ def sentinel_pool(
         kwargs["password"] = address.password
     if address.username is not None:
         kwargs["username"] = address.username
-    manager = Sentinel(  # type: ignore[no-untyped-call]
+    manager = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         list(address.sentinels), min_other_sentinels=int(min_other_sentinels),
         sentinel_kwargs=sentinel_kwargs, **kwargs)
     client = manager.master_for(master_name, connection_pool_class=pool_class)
