@@ -89,7 +89,10 @@ _windowed: weakref.WeakSet[BlockingChannel] = weakref.WeakSet()
 @atexit.register
 def _flush_at_exit() -> None:
     for channel in list(_windowed):
-        channel.close()
+        try:
+            channel.close()
+        except Exception:  # the others are still flushed
+            log.exception("flushing a publishing channel at exit")
 
 
 class _Refused(Exception):
@@ -224,17 +227,18 @@ class BlockingChannel:
     def _publish_in_window(self, items: Sequence[Item], mandatory: bool) -> None:
         room = max(0, self.window - len(items))
         deadline = time.monotonic() + self.timeout
-        try:
-            self._write_again(deadline)
-            while len(self._owed) + len(self._again) > room:
-                try:
-                    self._settle(deadline, room)
-                except _Refused as exc:
-                    self._channel_refused(exc)
-                    self._open()
+        while True:
+            try:
                 self._write_again(deadline)
-        except TimeoutError:  # (what was owed stays owed; these items were not written)
-            raise _NoRoom from None
+                while len(self._owed) + len(self._again) > room:
+                    self._settle(deadline, room)
+                    self._write_again(deadline)
+                break
+            except _Refused as exc:  # a message owed, not these items (not written yet)
+                self._channel_refused(exc)
+                self._open()
+            except TimeoutError:  # (what was owed stays owed; these items were not written)
+                raise _NoRoom from None
         first = self._tag + 1
         self._write(items, mandatory)
         for tag, item in enumerate(items, first):
@@ -254,7 +258,7 @@ class BlockingChannel:
         at a time (``_probe_again``), so that the one at fault is known."""
         log.warning("RabbitMQ closed the publishing channel (%s); opening it anew", exc)
         self._probing = True
-        self._drop(lost=False)
+        self._drop()
 
     def _settle(self, deadline: float | None, room: int) -> None:
         """Read confirms until at most ``room`` messages are owed, by ``deadline``; with no
@@ -349,7 +353,8 @@ class BlockingChannel:
     def _give_up(self, one: _Owed | None, props: Any, why: str) -> None:
         what = f"message {getattr(props, 'correlation_id', None) or '?'} {why}"
         if one is not None and one.unknown:
-            what += " (a copy sent on a connection lost before its confirm may have landed)"
+            what += " (a copy sent earlier, on a connection or channel lost before its " \
+                    "confirm, may have landed)"
         log.error("RabbitMQ did not take a message published earlier: %s", what)
         self._refused.append(what)
 
@@ -476,7 +481,9 @@ class BlockingChannel:
         reading may have left none; the next wait tries again)."""
         sock = self._sock
         assert sock is not None
-        if not select.select([], [sock], [], 0)[1]:
+        room = select.poll()
+        room.register(sock, select.POLLOUT)
+        if not room.poll(0):
             return
         data = pamqp_frame.marshal(spec.Confirm.Select(), CHANNEL)
         sock.settimeout(0.0)
@@ -585,15 +592,15 @@ class BlockingChannel:
             if answer.name != f"{frame.name}Ok":
                 raise ConnectionError(f"expected {frame.name}Ok from RabbitMQ, got {answer.name}")
 
-    def _drop(self, lost: bool = True) -> None:
-        """Close the connection; what is owed goes again on the next one. ``lost``: by a
-        fault of the connection (what was owed may have landed), not a refusal."""
+    def _drop(self) -> None:
+        """Close the connection; what is owed goes again on the next one (it may have
+        landed: a channel closed by a refusal of one message drops the confirms of the
+        others routed before it)."""
         sock, self._sock = self._sock, None
         self._buf = bytearray()
         if self._owed:  # their confirms will never come: they go again on the next connection
-            if lost:
-                for one in self._owed.values():
-                    one.unknown = True
+            for one in self._owed.values():
+                one.unknown = True
             self._again.extend(self._owed.values())
             self._owed = {}
         if sock is not None:
@@ -605,10 +612,11 @@ class BlockingChannel:
         thread waits until it is closed (then opens a connection anew)."""
         self._after_fork()
         with self._lock:
-            if self._owed or self._again:
-                try:
+            try:
+                if self._owed or self._again:
                     self.flush()
-                except (BrokerError, OSError) as exc:
-                    log.error("closing the publishing channel: %s", exc)
-            self._drop()
-            self._owed, self._again = {}, []
+            except (BrokerError, OSError) as exc:
+                log.error("closing the publishing channel: %s", exc)
+            finally:
+                self._drop()
+                self._owed, self._again, self._probing = {}, [], False
