@@ -632,3 +632,33 @@ async def test_a_window_closed_while_another_thread_sends_loses_nothing(amqp_url
         await broker.close()
     got = {m.body for m in await asyncio.to_thread(_take_all, amqp_url, "busy")}
     assert len(sent) == 1500 and set(sent) <= got
+
+
+async def test_a_window_waits_through_an_alarm_with_many_files_open(
+    rabbitmq_node: Any, amqp_url: str,
+) -> None:
+    """A busy process's socket numbers run past 1,024 (``select``'s limit): a confirm wait
+    long enough to nudge the node still ends in celeriac's error, then flushes."""
+    if rabbitmq_node is None:
+        pytest.skip("needs the private node (to raise its memory alarm)")
+    files = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        broker = await _windowed(amqp_url, 16, publish_timeout=30)
+        try:
+            await broker.publish([Outgoing("fds", Envelope(b"a"))])  # declares the route
+            assert broker.publish_blocking([Outgoing("fds", Envelope(b"open"))])
+            blocking = broker._blocking
+            assert blocking is not None and blocking._sock is not None
+            assert blocking._sock.fileno() > 1024
+            async with memory_alarm(rabbitmq_node):
+                assert broker.publish_blocking([Outgoing("fds", Envelope(b"b"))])
+                with pytest.raises(BrokerError, match="did not confirm"):
+                    blocking.flush(timeout=2.5)
+            blocking.flush(timeout=20)
+        finally:
+            await broker.close()
+    finally:
+        for fd in files:
+            os.close(fd)
+    got = [m.body for m in await asyncio.to_thread(_take_all, amqp_url, "fds")]
+    assert got == [b"a", b"open", b"b"]
