@@ -84,6 +84,16 @@ class _Owed:
 
 #: Channels with a confirm window, flushed when the interpreter exits.
 _windowed: weakref.WeakSet[BlockingChannel] = weakref.WeakSet()
+#: Every channel, reset in a forked child before any of its threads can run.
+_channels: weakref.WeakSet[BlockingChannel] = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    for channel in list(_channels):
+        channel._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_in_child)
 
 
 @atexit.register
@@ -132,6 +142,7 @@ class BlockingChannel:
         self._used = 0.0
         self._forks = forks.generation()
         self._lock = threading.RLock()
+        _channels.add(self)
         if window:
             _windowed.add(self)
 
@@ -159,7 +170,10 @@ class BlockingChannel:
 
     def _after_fork(self) -> None:
         """In a forked child: the socket is the parent's (left be), what it owes is the
-        parent's, and the lock may be held by a parent thread that does not exist here."""
+        parent's, and the lock may be held by a parent thread that does not exist here.
+
+        Run by the fork hook, while the child has one thread (so two of its threads never
+        each make a lock), and again by each call (a no-op then)."""
         if self._forks == forks.generation():
             return
         self._lock = threading.RLock()

@@ -510,7 +510,8 @@ async def test_a_window_flushes_soon_after_a_memory_alarm_clears(
 
 def test_a_forked_child_exits_without_the_parents_window(amqp_url: str, tmp_path: Any) -> None:
     """A child forked while a parent thread held the channel's lock, with confirms owed,
-    exits at once: what is owed is the parent's, flushed by the parent, each message once."""
+    exits at once: what is owed is the parent's, flushed by the parent, each message once.
+    The channel is reset by the fork itself, so any thread of the child finds a free lock."""
     script = tmp_path / "forks.py"
     script.write_text(
         "import os, sys, threading, time\n"
@@ -531,8 +532,9 @@ def test_a_forked_child_exits_without_the_parents_window(amqp_url: str, tmp_path
         "holder.start()\n"
         "held.wait()\n"
         "pid = os.fork()\n"
-        "if pid == 0:\n"
-        "    sys.exit(0)\n"
+        "if pid == 0:  # reset at the fork, before any call: a lock of its own, no socket\n"
+        "    mine = blocking._lock.acquire(blocking=False)\n"
+        "    sys.exit(0 if mine and blocking._sock is None and not blocking._owed else 3)\n"
         "deadline = time.monotonic() + 30\n"
         "while time.monotonic() < deadline:\n"
         "    done, status = os.waitpid(pid, os.WNOHANG)\n"
