@@ -193,6 +193,7 @@ _TABLE: Final[tuple[Setting, ...]] = (
     # -- worker ----------------------------------------------------------------------------------
     _s("worker_concurrency", "uint|none", None, "Worker processes/threads (None or 0 = number of CPUs).", "CELERYD_CONCURRENCY"),
     _s("worker_prefetch_multiplier", "uint", 4, "Messages prefetched per unit of concurrency (0 = no limit).", "CELERYD_PREFETCH_MULTIPLIER"),
+    _s("worker_event_loop", "str", "auto", "The worker's event loop: auto (uvloop when installed), uvloop or asyncio."),
     _s("worker_pool", "ref", "prefork", "Execution pool: prefork, threads, asyncio, solo, gevent, or a pool class.", "CELERYD_POOL"),
     _s("worker_max_tasks_per_child", "uint|none", None, "Tasks a pool process runs before it is replaced (None = no limit).", "CELERYD_MAX_TASKS_PER_CHILD"),
     _s("worker_max_memory_per_child", "uint|none", None, "Resident KiB after which a pool process is replaced (None = no limit).", "CELERYD_MAX_MEMORY_PER_CHILD"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -101,19 +100,23 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
               help="Hard time limit of every task, seconds (task_time_limit).")
 @click.option("--soft-time-limit", type=click.FloatRange(min=0, min_open=True),
               help="Soft time limit of every task, seconds (task_soft_time_limit).")
+@click.option("--loop", "event_loop", type=click.Choice(["auto", "uvloop", "asyncio"]),
+              help="The worker's event loop [default: worker_event_loop, i.e. auto: uvloop "
+                   "when installed].")
 @click.pass_obj
 @_fail_cleanly
 def worker(state: State, pool: str | None, concurrency: int | None, queues: str | None,
            hostname: str | None, loglevel: str, prefetch_multiplier: int | None,
            shutdown_timeout: float | None, max_tasks_per_child: int | None,
            max_memory_per_child: int | None, autoscale: str | None, time_limit: float | None,
-           soft_time_limit: float | None) -> None:
+           soft_time_limit: float | None, event_loop: str | None) -> None:
     """Start a worker."""
     if pool == "gevent":  # before the app and its imports: patched sockets, sleeps, selectors
         from celeriac.pools.gevent import patch
 
         patch()
     from celeriac.pools import pool_from_name
+    from celeriac.worker import eventloop
     from celeriac.worker.loop import Worker
 
     logging.basicConfig(
@@ -151,6 +154,8 @@ def worker(state: State, pool: str | None, concurrency: int | None, queues: str 
     elif autoscale or max_tasks_per_child or max_memory_per_child:
         raise click.UsageError("--autoscale, --max-tasks-per-child and --max-memory-per-child "
                                "apply to the prefork pool (-P prefork)")
+    loop_name, loop_factory = eventloop.loop_factory(
+        event_loop or app.conf.worker_event_loop, pool)
     the_pool = pool_from_name(pool, concurrency, **options)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     w = Worker(app, the_pool, queues=queue_list, prefetch_multiplier=prefetch_multiplier,
@@ -160,12 +165,13 @@ def worker(state: State, pool: str | None, concurrency: int | None, queues: str 
         f"celeriac {__version__} worker {w.hostname}\n"
         f"  broker:  {redact_url(app.conf.broker_url or 'sqlite://')}\n"
         f"  results: {redact_url(app.conf.result_backend or 'sqlite://')}\n"
-        f"  pool:    {the_pool.name} x{the_pool.concurrency}, prefetch {w.prefetch}\n"
+        f"  pool:    {the_pool.name} x{the_pool.concurrency}, prefetch {w.prefetch}, "
+        f"loop {loop_name}\n"
         f"  queues:  {', '.join(w.queues)}\n"
         f"  tasks:   {', '.join(user_tasks) or '(none registered)'}",
         err=True,
     )
-    code = asyncio.run(w.run())
+    code = eventloop.run(w.run(), loop_factory)
     if code != 0:
         # Tasks may still hold pool threads; do not wait for them at interpreter exit.
         logging.shutdown()

@@ -72,6 +72,12 @@ async def async_add(x: int, y: int) -> int:
     return x + y
 
 
+@app.task
+def loop_kind() -> str:
+    """The module of the worker's event loop (a solo worker runs tasks on its loop)."""
+    return type(asyncio.get_running_loop()).__module__
+
+
 @app.task(time_limit=0.2)
 async def async_too_slow() -> None:
     await asyncio.sleep(5)

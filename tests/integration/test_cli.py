@@ -67,6 +67,21 @@ def test_failure_result_is_shown(db_url: str, start_worker: Any) -> None:
     assert "FAILURE: ValueError: bad" in got.stdout
 
 
+@pytest.mark.parametrize(("choice", "module"), [("uvloop", "uvloop"), ("asyncio", "asyncio."),
+                                                ("auto", "uvloop")])
+def test_the_worker_runs_on_the_event_loop_it_is_given(
+    db_url: str, start_worker: Any, choice: str, module: str,
+) -> None:
+    worker = start_worker("-P", "solo", "--loop", choice)
+    task_id = run("-A", "tests.apps.basic", "call", "tests.apps.basic.loop_kind",
+                  url=db_url).stdout.strip()
+    got = run("-A", "tests.apps.basic", "result", task_id, "--wait", "--timeout", "20",
+              url=db_url)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip().strip("'").startswith(module)  # printed as its repr
+    assert f"loop {module.rstrip('.')}" in worker.log_path.read_text()
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -75,6 +90,8 @@ def test_failure_result_is_shown(db_url: str, start_worker: Any) -> None:
         (("-A", "tests.apps.basic", "call", "tests.apps.basic.add", "--args", "[1,"), "not valid JSON"),
         (("-A", "tests.apps.basic", "call", "tests.apps.basic.add", "--args", "{}"), "must be a JSON list"),
         (("-A", "tests.apps.basic", "worker", "-P", "eventlet"), "eventlet pool is not supported"),
+        (("-A", "tests.apps.basic", "worker", "-P", "gevent", "--loop", "uvloop"),
+         "the gevent pool runs on asyncio's own loop"),
         (("-A", "tests.apps.basic", "--broker", "nosuch://x", "call", "tests.apps.basic.add"), "nosuch"),
     ],
 )
