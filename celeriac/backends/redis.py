@@ -29,6 +29,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -80,6 +83,18 @@ DEFAULT_EXPIRES = 86400  # seconds; Celery's result_expires default (one day)
 STORE_CHUNK = 250  # metas per script call: bounds how long one call holds the server
 MGET_CHUNK = 1000
 LISTENER_NAME = "celeriac-result-listener"  # CLIENT SETNAME of the pub/sub connection
+
+#: Every backend, given new waiter locks in a forked child (one a parent thread held at the
+#: fork would stay held there).
+_backends: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    for backend in list(_backends):
+        backend._waiter_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
 LISTENER_LINGER = 5.0  # seconds an idle pub/sub connection is kept for the next wait()
 
 # -- the store script -------------------------------------------------------------------------
@@ -316,6 +331,8 @@ class RedisBackend:
         self._pipe: Pipeline | None = None  # stores and reads go on it
         self._listener: _Listener | None = None
         self._waiter: BlockingResultWaiter | None = None  # sync callers' (wait_blocking)
+        self._waiter_lock = threading.Lock()  # threads' first waits make one waiter
+        _backends.add(self)
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self.url}>"
@@ -508,9 +525,12 @@ class RedisBackend:
         published result. Must not be called with an event loop running in this thread."""
         waiter = self._waiter
         if waiter is None:
-            waiter = self._waiter = BlockingResultWaiter(
-                self._url, self._pool_options, self.ping_interval, self._ready_meta,
-                LISTENER_NAME, self.wait_spin)
+            with self._waiter_lock:  # one waiter for all threads: each has its connection
+                waiter = self._waiter
+                if waiter is None:
+                    waiter = self._waiter = BlockingResultWaiter(
+                        self._url, self._pool_options, self.ping_interval, self._ready_meta,
+                        LISTENER_NAME, self.wait_spin)
         try:
             return waiter.wait(self.task_key(task_id), timeout)
         except Unsupported:

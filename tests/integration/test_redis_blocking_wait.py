@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 import uuid
@@ -188,23 +189,32 @@ def test_a_silent_server_is_pinged_then_left() -> None:
 
 
 def test_threads_wait_on_connections_of_their_own(backend: RedisBackend, raw: redis.Redis) -> None:
-    ids = [new_id() for _ in range(4)]
+    """Threads that start their first wait at once share one waiter (none is made and then
+    lost, its connection with it), each on a connection of its own."""
+    ids = [new_id() for _ in range(8)]
     results: dict[str, Any] = {}
+    start = threading.Barrier(len(ids))
 
     def wait(task_id: str) -> None:
+        start.wait()
         results[task_id] = backend.wait_blocking(task_id, 10)
 
     threads = [threading.Thread(target=wait, args=(t,)) for t in ids]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 5
-    while sum(numsub(raw, t) for t in ids) < len(ids) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: a check-then-make race would show
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 5
+        while sum(numsub(raw, t) for t in ids) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        sys.setswitchinterval(switching)
     for n, task_id in enumerate(ids):
         store(raw, task_id, states.SUCCESS, n)
     for t in threads:
         t.join(10)
-    assert [results[t]["result"] for t in ids] == [0, 1, 2, 3]
+    assert [results[t]["result"] for t in ids] == list(range(len(ids)))
     assert len(waiter_clients(raw)) == len(ids)
 
 
