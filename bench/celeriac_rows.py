@@ -188,15 +188,21 @@ def round_trips(broker: str, backend: str, k: int, warmup: int, workdir: Path,
                 env=_worker_env(broker, backend, None, None, conf))
     try:
         _wait_result(tasks.noop_r.delay(-1).id, proc, 60)  # the worker is up and warm
-        for _ in range(warmup):
-            tasks.noop_r.delay(-1).get(timeout=30)
-        latencies = []
-        for _ in range(k):
-            start = time.perf_counter()
-            tasks.noop_r.delay(-1).get(timeout=30)
-            latencies.append((time.perf_counter() - start) * 1000)
+        return timed_round_trips(k, warmup)
     finally:
         proc.stop()
+
+
+def timed_round_trips(k: int, warmup: int) -> list[float]:
+    """K sequential delay().get() latencies (ms), sorted, after ``warmup`` untimed ones,
+    against a worker that is up."""
+    for _ in range(warmup):
+        tasks.noop_r.delay(-1).get(timeout=30)
+    latencies = []
+    for _ in range(k):
+        start = time.perf_counter()
+        tasks.noop_r.delay(-1).get(timeout=30)
+        latencies.append((time.perf_counter() - start) * 1000)
     return sorted(latencies)
 
 

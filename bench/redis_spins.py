@@ -15,12 +15,11 @@ import argparse
 import contextlib
 import statistics
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from bench import tasks
-from bench.celeriac_rows import _worker_env, configure, worker_command
+from bench.celeriac_rows import _worker_env, configure, timed_round_trips, worker_command
 from bench.common import Proc, percentile
 from bench.redis_server import PrivateRedis
 
@@ -36,17 +35,6 @@ def _redis(url: str | None) -> Iterator[str]:
         return
     with PrivateRedis() as private:
         yield private
-
-
-def _round(k: int) -> list[float]:
-    for _ in range(100):
-        tasks.noop_r.delay(-1).get(timeout=30)
-    latencies = []
-    for _ in range(k):
-        start = time.perf_counter()
-        tasks.noop_r.delay(-1).get(timeout=30)
-        latencies.append((time.perf_counter() - start) * 1000)
-    return sorted(latencies)
 
 
 def main() -> None:
@@ -68,7 +56,7 @@ def main() -> None:
                     configure(url, url, {
                         "broker_transport_options": {"reply_spin": reply_spin},
                         "result_backend_transport_options": {"wait_spin": wait_spin}})
-                    latencies = _round(args.k)
+                    latencies = timed_round_trips(args.k, 100)
                     p50[name].append(percentile(latencies, 50))
                     p99[name].append(percentile(latencies, 99))
                 print(f"round {r + 1} of {args.rounds} done", flush=True)

@@ -29,9 +29,7 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import threading
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -48,6 +46,7 @@ from celeriac.backends._redis_blocking_wait import BlockingResultWaiter, Unsuppo
 from celeriac.backends.base import Meta
 from celeriac.config import redact_url
 from celeriac.errors import BackendError, ConfigurationError
+from celeriac.utils import forks
 from celeriac.utils.redis_pipeline import Pipeline
 from celeriac.utils.redis_urls import (
     SENTINEL_OPTIONS,
@@ -83,18 +82,6 @@ DEFAULT_EXPIRES = 86400  # seconds; Celery's result_expires default (one day)
 STORE_CHUNK = 250  # metas per script call: bounds how long one call holds the server
 MGET_CHUNK = 1000
 LISTENER_NAME = "celeriac-result-listener"  # CLIENT SETNAME of the pub/sub connection
-
-#: Every backend, given new waiter locks in a forked child (one a parent thread held at the
-#: fork would stay held there).
-_backends: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
-
-
-def _new_locks_in_child() -> None:
-    for backend in list(_backends):
-        backend._waiter_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_new_locks_in_child)
 LISTENER_LINGER = 5.0  # seconds an idle pub/sub connection is kept for the next wait()
 
 # -- the store script -------------------------------------------------------------------------
@@ -332,10 +319,13 @@ class RedisBackend:
         self._listener: _Listener | None = None
         self._waiter: BlockingResultWaiter | None = None  # sync callers' (wait_blocking)
         self._waiter_lock = threading.Lock()  # threads' first waits make one waiter
-        _backends.add(self)
+        forks.reset_in_child(self, RedisBackend._new_waiter_lock)  # a parent thread's may be held
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self.url}>"
+
+    def _new_waiter_lock(self) -> None:
+        self._waiter_lock = threading.Lock()
 
     # -- connection ----------------------------------------------------------------------
 

@@ -84,16 +84,6 @@ class _Owed:
 
 #: Channels with a confirm window, flushed when the interpreter exits.
 _windowed: weakref.WeakSet[BlockingChannel] = weakref.WeakSet()
-#: Every channel, reset in a forked child before any of its threads can run.
-_channels: weakref.WeakSet[BlockingChannel] = weakref.WeakSet()
-
-
-def _reset_in_child() -> None:
-    for channel in list(_channels):
-        channel._after_fork()
-
-
-os.register_at_fork(after_in_child=_reset_in_child)
 
 
 @atexit.register
@@ -142,7 +132,7 @@ class BlockingChannel:
         self._used = 0.0
         self._forks = forks.generation()
         self._lock = threading.RLock()
-        _channels.add(self)
+        forks.reset_in_child(self, BlockingChannel._after_fork)
         if window:
             _windowed.add(self)
 

@@ -32,10 +32,12 @@ def loop_factory(choice: Any, pool: str) -> tuple[str, LoopFactory | None]:
     if choice not in CHOICES:
         raise ConfigurationError(
             f"worker_event_loop must be one of {', '.join(CHOICES)}, got {choice!r}")
-    if choice == "asyncio" or (choice == "auto" and pool in ("gevent", "eventlet")):
+    if pool in ("gevent", "eventlet"):  # patched selectors: asyncio's own loop only
+        if choice == "uvloop":
+            raise ConfigurationError(f"the {pool} pool runs on asyncio's own loop, not uvloop")
         return "asyncio", None
-    if choice == "uvloop" and pool in ("gevent", "eventlet"):
-        raise ConfigurationError(f"the {pool} pool runs on asyncio's own loop, not uvloop")
+    if choice == "asyncio":
+        return "asyncio", None
     try:
         uvloop = importlib.import_module("uvloop")
     except ImportError:
